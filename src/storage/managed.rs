@@ -1,0 +1,1 @@
+//! A PostgreSQL cluster that Tally creates, starts and stops itself.

@@ -1,0 +1,3 @@
+//! Everything that talks to PostgreSQL lives below this module.
+
+pub mod managed;
