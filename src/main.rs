@@ -1,1 +1,58 @@
-fn main() {}
+//! The `tally` binary: parse the configuration, set up logging, run the subcommand, and turn
+//! the outcome into an exit status (0 done, 1 failed, 2 refused to start).
+
+use std::process::ExitCode;
+
+use tally::config::{self, Command};
+use tally::{app, exit_code, shutdown::Shutdown, storage::Database, telemetry};
+
+fn main() -> ExitCode {
+    let command = match config::load() {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("tally: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Serve(config) => {
+                telemetry::init(config.log_format);
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+                let shutdown = Shutdown::new();
+                shutdown.listen_for_signals()?;
+                app::serve(config, listener, shutdown).await
+            }
+            Command::Migrate(config) => {
+                telemetry::init(config.log_format);
+                let data_dir = tally::node::DataDir::open(&config.database.data_dir)?;
+                let database = Database::open(&config.database, data_dir.path()).await?;
+                tracing::info!(database = %database.description, "migrations are up to date");
+                database.close().await;
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = exit_code(&e);
+            if code == 2 {
+                // Refused to start: one plain line, like a configuration error.
+                eprintln!("tally: {e:#}");
+            } else {
+                tracing::error!("{e:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

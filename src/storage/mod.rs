@@ -1,3 +1,245 @@
 //! Everything that talks to PostgreSQL lives below this module.
+//!
+//! [`Storage`] is a cheap, clonable handle over a connection pool with a small API named for
+//! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
+//! a total. The SQL sits next to the function that runs it, in [`counters`] and here.
 
+mod counters;
 pub mod managed;
+mod migrations;
+
+use std::fmt;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::node::NodeId;
+use crate::pending::BatchSeq;
+
+pub use counters::{BatchOutcome, Rejected};
+
+/// How long to wait for a connection to open, and for a free one from the pool.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A handle to the database. Clones share one pool.
+#[derive(Clone)]
+pub struct Storage {
+    pool: Pool,
+}
+
+/// A database failure, sorted by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A total would leave the signed 64-bit range; `key` names it when known.
+    #[error("the total would leave the signed 64-bit range")]
+    OutOfRange { key: Option<String> },
+    /// The database could not be reached or failed; retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database holds something Tally did not expect (e.g. a missing node row).
+    #[error("unexpected database state: {0}")]
+    Invariant(String),
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // `Display` of a server error is only "db error"; the server's message says why.
+        match e.as_db_error() {
+            Some(db) => {
+                StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
+            }
+            None => StorageError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StorageError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Where the database is, fit for a log line: never the password.
+pub struct DatabaseDescription(String);
+
+impl fmt::Display for DatabaseDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Describes a connection configuration without its password.
+pub fn describe(config: &tokio_postgres::Config) -> DatabaseDescription {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    DatabaseDescription(format!(
+        "postgresql://{}@{}{}/{}",
+        config.get_user().unwrap_or("(default user)"),
+        if hosts.is_empty() {
+            "localhost".into()
+        } else {
+            hosts.join(",")
+        },
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!(":{}", ports.join(","))
+        },
+        config.get_dbname().unwrap_or("(default database)"),
+    ))
+}
+
+impl Storage {
+    /// Builds the pool. Connections open lazily; call [`Storage::migrate`] or
+    /// [`Storage::ping`] to find out whether the database answers.
+    pub fn connect(
+        mut config: tokio_postgres::Config,
+        pool_size: usize,
+    ) -> Result<Storage, StorageError> {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tally");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        Ok(Storage { pool })
+    }
+
+    /// Applies the embedded migrations (see [`migrations`]).
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let mut client = self.pool.get().await?;
+        migrations::run(&mut client).await
+    }
+
+    /// Answers whether the database takes a query now.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Makes sure the node has its progress row and returns the last batch PostgreSQL applied
+    /// for it (0 for a new node).
+    pub async fn register_node(&self, node: &NodeId) -> Result<BatchSeq, StorageError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
+                &[&node.as_str()],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT last_batch FROM tally_nodes WHERE node_id = $1",
+                &[&node.as_str()],
+            )
+            .await?;
+        Ok(batch_seq(row.get(0)))
+    }
+
+    /// Closes the pool: idle connections are dropped and no new ones are made.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Batch numbers are stored as `bigint`; they start at 1 and only grow.
+fn batch_seq(stored: i64) -> BatchSeq {
+    BatchSeq::try_from(stored).unwrap_or(0)
+}
+
+fn stored_seq(seq: BatchSeq) -> i64 {
+    i64::try_from(seq).expect("batch numbers stay far below 2^63")
+}
+
+/// The database a node uses: an external one (`DATABASE_URL`) or a managed local cluster.
+pub struct Database {
+    pub storage: Storage,
+    /// Where it is, for the start-up log line.
+    pub description: String,
+    managed: Option<managed::ManagedPostgres>,
+}
+
+impl Database {
+    /// Connects to `DATABASE_URL`, or creates and starts the managed cluster under
+    /// `<data_dir>/postgres` when it is unset, then applies the migrations.
+    pub async fn open(
+        config: &crate::config::DatabaseConfig,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Database> {
+        // An empty DATABASE_URL means unset, as shells and compose files often leave it.
+        let url = config
+            .database_url
+            .as_ref()
+            .filter(|u| !u.expose().trim().is_empty());
+        let (pg_config, description, managed) = match url {
+            Some(url) => {
+                let pg: tokio_postgres::Config = url
+                    .expose()
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("invalid database URL: {e}"))?;
+                let description = format!("external {}", describe(&pg));
+                (pg, description, None)
+            }
+            None => {
+                let dir = data_dir.join("postgres");
+                let cluster = tokio::task::spawn_blocking(move || {
+                    managed::ManagedPostgres::start(&dir, &managed::ManagedOptions::default())
+                })
+                .await??;
+                let pg = cluster.config(&managed::ManagedOptions::default().database);
+                let description = format!("managed {}", describe(&pg));
+                (pg, description, Some(cluster))
+            }
+        };
+        let storage = Storage::connect(pg_config, config.db_pool_size as usize)?;
+        let database = Database {
+            storage,
+            description,
+            managed,
+        };
+        if let Err(e) = database.storage.migrate().await {
+            database.close().await;
+            return Err(e.into());
+        }
+        Ok(database)
+    }
+
+    /// Closes the pool and stops the managed cluster, if any.
+    pub async fn close(self) {
+        self.storage.close();
+        if let Some(cluster) = self.managed {
+            match tokio::task::spawn_blocking(move || cluster.stop()).await {
+                Ok(Ok(())) => tracing::info!("stopped the managed PostgreSQL"),
+                Ok(Err(e)) => tracing::error!(error = %e, "could not stop the managed PostgreSQL"),
+                Err(e) => tracing::error!(error = %e, "could not stop the managed PostgreSQL"),
+            }
+        }
+    }
+}

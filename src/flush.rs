@@ -1,0 +1,304 @@
+//! The flush path: pending deltas to PostgreSQL, exactly once, in order.
+//!
+//! Every `flush_interval` the [`Flusher`] cuts the open batch out of [`PendingDeltas`], sorts
+//! it by key and writes it with [`Storage::apply_batch`], which records the batch's sequence
+//! number in the same transaction. Batches are written one at a time and in order, so
+//! "PostgreSQL's progress row for this node is at or past batch N" means exactly "batch N and
+//! every batch before it are applied".
+//!
+//! A batch that fails is retried as it is, same number and same content, with capped
+//! exponential backoff, while newer increments collect in the open batch. It is never merged
+//! into a newer batch: a commit whose answer was lost may have been applied, and only the
+//! progress row can tell, which is what the retry consults.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::node::NodeId;
+use crate::pending::{BatchSeq, PendingDeltas};
+use crate::storage::{BatchOutcome, Storage, StorageError};
+
+/// First wait before retrying a failed flush; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A cut batch: sorted deltas and the batch's number.
+#[derive(Debug)]
+pub struct FlushBatch {
+    pub seq: BatchSeq,
+    /// When this batch was opened: no increment in it is older.
+    pub opened_at: Instant,
+    /// Sorted by key, each key once.
+    pub deltas: Vec<(Box<str>, i64)>,
+}
+
+impl FlushBatch {
+    fn delta(&self, key: &str) -> Option<i64> {
+        self.deltas
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| self.deltas[i].1)
+    }
+}
+
+/// What the request path may see of the flush path: the batch being written and how old the
+/// open batch is.
+pub struct FlushState {
+    pending: Arc<PendingDeltas>,
+    /// The cut batch until PostgreSQL has it. Also held while cutting, so that a reader sees
+    /// each delta either in the open batch or here, never in neither.
+    in_flight: Mutex<Option<Arc<FlushBatch>>>,
+    /// When the open batch was opened.
+    open_since: Mutex<Instant>,
+}
+
+/// A delta held in memory for one key, and the batch that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpersisted {
+    pub batch: BatchSeq,
+    pub delta: i64,
+}
+
+impl FlushState {
+    pub fn new(pending: Arc<PendingDeltas>) -> Self {
+        FlushState {
+            pending,
+            in_flight: Mutex::new(None),
+            open_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn pending(&self) -> &Arc<PendingDeltas> {
+        &self.pending
+    }
+
+    /// The deltas of `key` that this node holds in memory: at most one in the batch being
+    /// written and one in the open batch. A caller that reads PostgreSQL *after* this call
+    /// adds those whose batch is above the progress it read there.
+    pub fn unpersisted(&self, key: &str) -> Vec<Unpersisted> {
+        let in_flight = lock(&self.in_flight);
+        let mut found = Vec::with_capacity(2);
+        if let Some(batch) = in_flight.as_ref()
+            && let Some(delta) = batch.delta(key)
+        {
+            found.push(Unpersisted {
+                batch: batch.seq,
+                delta,
+            });
+        }
+        if let Some((delta, batch)) = self.pending.get(key) {
+            found.push(Unpersisted { batch, delta });
+        }
+        found
+    }
+
+    /// Age of the oldest increment PostgreSQL does not have yet (an upper bound: the age of
+    /// the batch that holds it), or zero when there is none.
+    pub fn oldest_unpersisted_age(&self) -> Duration {
+        let oldest = match lock(&self.in_flight).as_ref() {
+            Some(batch) => Some(batch.opened_at),
+            None if self.pending.is_dirty() => Some(*lock(&self.open_since)),
+            None => None,
+        };
+        oldest.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Closes the open batch as batch `next - 1`, opens batch `next`, and publishes the closed
+    /// one as in flight unless it is empty.
+    fn cut(&self, next: BatchSeq) -> Option<Arc<FlushBatch>> {
+        let mut in_flight = lock(&self.in_flight);
+        debug_assert!(in_flight.is_none(), "one batch in flight at a time");
+        let mut deltas = self.pending.cut(next);
+        let opened_at = std::mem::replace(&mut *lock(&self.open_since), Instant::now());
+        if deltas.is_empty() {
+            return None;
+        }
+        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let batch = Arc::new(FlushBatch {
+            seq: next - 1,
+            opened_at,
+            deltas,
+        });
+        *in_flight = Some(batch.clone());
+        Some(batch)
+    }
+
+    /// Forgets the batch in flight: PostgreSQL has it.
+    fn settle(&self, batch: &FlushBatch) {
+        *lock(&self.in_flight) = None;
+        self.pending.release(batch.deltas.len());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The task that writes batches. It runs until told to stop, then writes what is left.
+pub struct Flusher {
+    state: Arc<FlushState>,
+    storage: Storage,
+    node: NodeId,
+    interval: Duration,
+    /// The number of the open batch.
+    open_seq: BatchSeq,
+    metrics: Arc<Metrics>,
+}
+
+/// How a flusher's run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FlushEnd {
+    /// Everything acknowledged is in PostgreSQL.
+    Drained,
+    /// Told to give up while PostgreSQL was failing; this many keys were not written.
+    Abandoned { keys: usize },
+}
+
+impl Flusher {
+    /// A flusher whose first batch is `open_seq`, the batch the pending map is open on.
+    pub fn new(
+        state: Arc<FlushState>,
+        storage: Storage,
+        node: NodeId,
+        interval: Duration,
+        open_seq: BatchSeq,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Flusher {
+            state,
+            storage,
+            node,
+            interval,
+            open_seq,
+            metrics,
+        }
+    }
+
+    /// Flushes every interval until `stop` is cancelled, then flushes once more so that
+    /// nothing acknowledged before `stop` stays behind. While PostgreSQL fails, it retries;
+    /// `abort` makes it give up (for a second Ctrl-C).
+    pub async fn run(mut self, stop: CancellationToken, abort: CancellationToken) -> FlushEnd {
+        let first = tokio::time::Instant::now() + self.interval;
+        let mut ticker = tokio::time::interval_at(first, self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = stop.cancelled() => true,
+            };
+            if !self.flush_once(&abort).await {
+                let keys = self.state.pending.keys();
+                return FlushEnd::Abandoned { keys };
+            }
+            if stopping {
+                return FlushEnd::Drained;
+            }
+        }
+    }
+
+    /// Cuts the open batch and writes it. Returns false if `abort` ended the retries.
+    async fn flush_once(&mut self, abort: &CancellationToken) -> bool {
+        let next = self.open_seq + 1;
+        let batch = self.state.cut(next);
+        self.open_seq = next;
+        match batch {
+            None => true,
+            Some(batch) => self.write(&batch, abort).await,
+        }
+    }
+
+    /// Writes one batch, retrying until PostgreSQL has it or `abort` is cancelled.
+    async fn write(&self, batch: &FlushBatch, abort: &CancellationToken) -> bool {
+        let mut backoff = FIRST_BACKOFF;
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = self
+                .storage
+                .apply_batch(&self.node, batch.seq, &batch.deltas)
+                .await;
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(outcome) => {
+                    self.record_success(batch, &outcome, seconds, failures);
+                    self.state.settle(batch);
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.flush("failed", seconds);
+                    failures += 1;
+                    self.report_failure(batch, &e, failures);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = abort.cancelled() => return false,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn record_success(
+        &self,
+        batch: &FlushBatch,
+        outcome: &BatchOutcome,
+        seconds: f64,
+        failures: u32,
+    ) {
+        let label = if outcome.applied {
+            "applied"
+        } else {
+            "already_applied"
+        };
+        self.metrics.flush(label, seconds);
+        if outcome.applied {
+            self.metrics.flushed_rows.inc_by(batch.deltas.len() as u64);
+        }
+        for r in &outcome.rejected {
+            self.metrics.reject("total_out_of_range");
+            tracing::warn!(
+                key = %r.key, delta = r.delta, batch = batch.seq,
+                "increment rejected: the total would leave the signed 64-bit range"
+            );
+        }
+        if failures > 0 {
+            tracing::info!(
+                batch = batch.seq,
+                failures,
+                already_applied = !outcome.applied,
+                "flush succeeded after failing; PostgreSQL is reachable again"
+            );
+        }
+        tracing::debug!(
+            batch = batch.seq,
+            keys = batch.deltas.len(),
+            seconds,
+            "flushed"
+        );
+    }
+
+    /// Logs the first failure of a batch as a warning, later ones only at debug level: one
+    /// line per change of state, not one per retry.
+    fn report_failure(&self, batch: &FlushBatch, error: &StorageError, failures: u32) {
+        if failures == 1 {
+            tracing::warn!(
+                batch = batch.seq,
+                keys = batch.deltas.len(),
+                %error,
+                "flush failed; retrying the same batch until PostgreSQL takes it"
+            );
+        } else {
+            tracing::debug!(batch = batch.seq, failures, %error, "flush failed again");
+        }
+    }
+}
+
+/// A random wait between half and all of `d`, so that nodes which lost the database together
+/// do not come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..=1.0))
+}

@@ -1,0 +1,53 @@
+//! `GET /counters/{key}`: a key's total, persisted plus this node's pending increments.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::increment::check_key;
+
+pub fn router() -> Router<Arc<AppState>> {
+    // A wildcard, so that keys holding '/' need no escaping.
+    Router::new().route("/counters/{*key}", get(counter))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Counter {
+    key: String,
+    value: i64,
+}
+
+/// A key's total: persisted plus this node's pending increments.
+#[utoipa::path(get, path = "/counters/{key}", params(("key" = String, Path, description = "The key; may hold '/'")), responses(
+    (status = 200, description = "The total", body = Counter),
+    (status = 400, description = "Invalid key", body = super::error::ErrorBody),
+    (status = 404, description = "No increment was ever counted for this key", body = super::error::ErrorBody),
+    (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
+))]
+pub(crate) async fn counter(
+    State(state): State<Arc<AppState>>,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<Counter>, ApiError> {
+    let Path(key) = key.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_key",
+            format!("the key in the path is invalid: {e}"),
+            Some("key"),
+        )
+    })?;
+    let key = check_key(Cow::Owned(key), state.rules.key_format)?.into_owned();
+    match state.ingest.total(&key).await? {
+        Some(value) => Ok(Json(Counter { key, value })),
+        None => Err(ApiError::not_found(
+            "counter_not_found",
+            format!("no increment was ever counted for key {key:?}"),
+        )),
+    }
+}

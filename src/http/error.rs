@@ -1,0 +1,239 @@
+//! The one error type of the HTTP layer and its one JSON shape:
+//! `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::body::ShapeError;
+use crate::increment::RuleViolation;
+use crate::ingest::IngestError;
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// An error answer. Build it with the constructors; every one maps to a status of
+/// DESIGN.md section 2.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: Cow<'static, str>,
+    field: Option<Cow<'static, str>>,
+    retry_after: Option<u32>,
+}
+
+/// Every error answer: `{"error": {"code", "message", "field"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable, machine-readable: `invalid_value`, `payload_too_large`, ...
+    #[schema(example = "invalid_value")]
+    code: &'a str,
+    /// For people.
+    #[schema(example = "value must be an integer >= 1")]
+    message: &'a str,
+    /// The offending field, when there is one (`value`, `[3].key` in a batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "value")]
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    fn on(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn bad_request(
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+        field: Option<&'static str>,
+    ) -> Self {
+        let e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
+        match field {
+            Some(f) => e.on(f),
+            None => e,
+        }
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed on this path",
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body must be at most {limit} bytes"),
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must be JSON, sent with Content-Type: application/json",
+        )
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            retry_after: Some(RETRY_AFTER_SECONDS),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    /// A rule broken by the `index`th item of a multi-increment request.
+    pub fn at_index(mut self, index: usize) -> Self {
+        self.message = format!("item {index}: {}", self.message).into();
+        self.field = Some(match self.field {
+            Some(f) => format!("[{index}].{f}").into(),
+            None => format!("[{index}]").into(),
+        });
+        self
+    }
+}
+
+impl From<ShapeError> for ApiError {
+    fn from(e: ShapeError) -> Self {
+        use ShapeError::*;
+        match e {
+            Malformed(why) => ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {why}"),
+                None,
+            ),
+            WrongBody { expected, found } => ApiError::bad_request(
+                "invalid_body",
+                format!("the body must be {expected}, not {found}"),
+                None,
+            ),
+            Missing(field) => {
+                ApiError::bad_request("missing_field", format!("{field} is required"), Some(field))
+            }
+            Unknown(name) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_field",
+                format!("unknown field {name:?}; an increment has only \"key\" and \"value\""),
+            )
+            .on(name),
+            Duplicate(field) => ApiError::bad_request(
+                "duplicate_field",
+                format!("{field} is given more than once"),
+                Some(field),
+            ),
+            WrongType {
+                field: "key",
+                found,
+            } => ApiError::bad_request(
+                "invalid_type",
+                format!("key must be a string, not {found}"),
+                Some("key"),
+            ),
+            WrongType { field, found } => ApiError::bad_request(
+                "invalid_type",
+                format!("{field} must be an integer, not {found}"),
+                Some(field),
+            ),
+            ValueOutOfRange => ApiError::bad_request(
+                "invalid_value",
+                "value must be an integer in the signed 64-bit range",
+                Some("value"),
+            ),
+            TooMany { max } => ApiError::bad_request(
+                "too_many_items",
+                format!("at most {max} increments per request"),
+                None,
+            ),
+            Item { index, error } => ApiError::from(*error).at_index(index),
+        }
+    }
+}
+
+impl From<RuleViolation> for ApiError {
+    fn from(v: RuleViolation) -> Self {
+        let code = match v.field {
+            crate::increment::Field::Key => "invalid_key",
+            crate::increment::Field::Value => "invalid_value",
+        };
+        ApiError::bad_request(code, v.message, Some(v.field.name()))
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::OutOfRange { index, .. } => {
+                let err = ApiError::bad_request(
+                    "total_out_of_range",
+                    "this increment would take the key's total out of the signed 64-bit range",
+                    Some("value"),
+                );
+                match index {
+                    Some(i) => err.at_index(i),
+                    None => err,
+                }
+            }
+            IngestError::Full => ApiError::unavailable(
+                "overloaded",
+                "too many increments are waiting for the database; retry later",
+            ),
+            IngestError::Storage(e) => {
+                tracing::warn!(error = %e, "request failed on the database");
+                ApiError::unavailable(
+                    "database_unavailable",
+                    "the database is unavailable; retry later",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `POST /increment` and `POST /increments` (and the alias `/api/increment`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::AppState;
+use super::body::{JsonBody, parse_increment, parse_increments};
+use super::error::ApiError;
+use crate::increment::Increment;
+use crate::ingest::Receipt;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/increment", post(increment))
+        .route("/api/increment", post(increment))
+        .route("/increments", post(increments))
+}
+
+/// The answer in `sync` mode.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Applied<'a> {
+    key: &'a str,
+    value: i64,
+    total: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    accepted: usize,
+}
+
+/// Adds `value` to the total of `key`.
+#[utoipa::path(post, path = "/increment", request_body = super::openapi::IncrementRequest, responses(
+    (status = 202, description = "Accepted for the next flush (buffered mode); empty body"),
+    (status = 200, description = "Applied (sync mode), with the new total", body = Applied),
+    (status = 400, description = "Malformed or invalid body, or a total out of the 64-bit range", body = super::error::ErrorBody),
+    (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
+    (status = 415, description = "Not application/json", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded or the database is unavailable; see Retry-After", body = super::error::ErrorBody),
+))]
+pub(crate) async fn increment(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let raw = parse_increment(&body)?;
+    let inc = Increment::new(raw.key, raw.value, &state.rules)?;
+    Ok(match state.ingest.increment(&inc).await? {
+        Receipt::Buffered => StatusCode::ACCEPTED.into_response(),
+        Receipt::Applied { total } => Json(Applied {
+            key: inc.key(),
+            value: inc.value(),
+            total,
+        })
+        .into_response(),
+    })
+}
+
+/// Adds several increments, all or none.
+#[utoipa::path(post, path = "/increments", request_body = Vec<super::openapi::IncrementRequest>, responses(
+    (status = 202, description = "Accepted for the next flush (buffered mode)", body = Accepted),
+    (status = 200, description = "Applied (sync mode)", body = Accepted),
+    (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
+    (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
+    (status = 415, description = "Not application/json", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded or the database is unavailable; see Retry-After", body = super::error::ErrorBody),
+))]
+pub(crate) async fn increments(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let raws = parse_increments(&body, state.max_batch)?;
+    let incs = raws
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            Increment::new(raw.key, raw.value, &state.rules)
+                .map_err(|v| ApiError::from(v).at_index(i))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !incs.is_empty() {
+        state.ingest.increment_all(&incs).await?;
+    }
+    let status = if state.sync_mode {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(Accepted {
+            accepted: incs.len(),
+        }),
+    )
+        .into_response())
+}

@@ -1,0 +1,33 @@
+//! `GET /metrics`: the Prometheus exposition of [`crate::metrics::Metrics`].
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppState;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let m = &state.metrics;
+    if let Some(flush) = &state.flush {
+        m.pending_keys.set(flush.pending().keys() as i64);
+        m.oldest_unpersisted_age
+            .set(flush.oldest_unpersisted_age().as_secs_f64());
+    }
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}

@@ -1,0 +1,171 @@
+//! The request path: where a valid increment goes before the client gets its answer.
+//!
+//! In `buffered` mode an increment is added to the [`PendingDeltas`] and acknowledged; no I/O
+//! happens on the way (the flusher writes it to PostgreSQL later). In `sync` mode it is
+//! applied to PostgreSQL in its own transaction first, and the answer carries the new total.
+//!
+//! Reads combine PostgreSQL's total with what this node still holds in memory, using the
+//! node's progress row, read in the same snapshot as the total, to count each batch once.
+
+use std::sync::Arc;
+
+use crate::flush::FlushState;
+use crate::increment::Increment;
+use crate::metrics::Metrics;
+use crate::node::NodeId;
+use crate::pending::AddError;
+use crate::storage::{Storage, StorageError};
+
+/// What the client is told once an increment is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// Held for the next flush.
+    Buffered,
+    /// In PostgreSQL; the key's total is now this.
+    Applied { total: i64 },
+}
+
+/// Why an increment was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The key's total (or the pending delta) would leave the signed 64-bit range. `index`
+    /// is the position in a multi-increment request, when known.
+    #[error("the total of key {key:?} would leave the signed 64-bit range")]
+    OutOfRange { key: String, index: Option<usize> },
+    /// Memory bounds are reached; the client should retry later.
+    #[error("too many keys are pending; retry later")]
+    Full,
+    /// PostgreSQL failed (sync mode, reads).
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+/// The request path, in either mode. Cheap to clone.
+#[derive(Clone)]
+pub enum Ingest {
+    Buffered(Buffered),
+    Sync(Storage),
+}
+
+/// The buffered request path: the pending map and what it needs to answer reads.
+#[derive(Clone)]
+pub struct Buffered {
+    pub flush: Arc<FlushState>,
+    pub storage: Storage,
+    pub node: NodeId,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// Takes one increment.
+    pub async fn increment(&self, inc: &Increment<'_>) -> Result<Receipt, IngestError> {
+        match self {
+            Ingest::Buffered(b) => {
+                if let Err(e) = b.flush.pending().add(inc.key(), inc.value()) {
+                    return Err(b.refuse(e, inc.key(), None));
+                }
+                b.metrics.increments_accepted.inc();
+                Ok(Receipt::Buffered)
+            }
+            Ingest::Sync(storage) => match storage.increment(inc.key(), inc.value()).await {
+                Ok(total) => Ok(Receipt::Applied { total }),
+                Err(e) => Err(from_storage(e, |_| None)),
+            },
+        }
+    }
+
+    /// Takes every increment or none.
+    pub async fn increment_all(&self, incs: &[Increment<'_>]) -> Result<(), IngestError> {
+        match self {
+            Ingest::Buffered(b) => {
+                let items: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
+                if let Err((index, e)) = b.flush.pending().add_all(&items) {
+                    let key = index.map_or("", |i| incs[i].key());
+                    return Err(b.refuse(e, key, index));
+                }
+                b.metrics.increments_accepted.inc_by(incs.len() as u64);
+                Ok(())
+            }
+            Ingest::Sync(storage) => {
+                let merged = merge_sorted(incs).map_err(|index| IngestError::OutOfRange {
+                    key: incs[index].key().to_owned(),
+                    index: Some(index),
+                })?;
+                storage
+                    .increment_all(&merged)
+                    .await
+                    .map_err(|e| from_storage(e, |k| incs.iter().position(|i| i.key() == k)))
+            }
+        }
+    }
+
+    /// The key's total as this node knows it: PostgreSQL's plus what this node holds in
+    /// memory. `None` for a key never seen.
+    pub async fn total(&self, key: &str) -> Result<Option<i64>, IngestError> {
+        match self {
+            Ingest::Sync(storage) => storage.counter(key).await.map_err(IngestError::Storage),
+            Ingest::Buffered(b) => {
+                // Memory first, then PostgreSQL: a batch that commits in between is then in
+                // both, and the progress read with the total says to skip its memory copy.
+                let held = b.flush.unpersisted(key);
+                let (persisted, progress) = b
+                    .storage
+                    .counter_and_progress(key, &b.node)
+                    .await
+                    .map_err(IngestError::Storage)?;
+                let mut total = persisted;
+                for u in held.iter().filter(|u| u.batch > progress) {
+                    // Wrapping: a total outside i64 cannot persist, and a read must not panic.
+                    total = Some(total.unwrap_or(0).wrapping_add(u.delta));
+                }
+                Ok(total)
+            }
+        }
+    }
+}
+
+impl Buffered {
+    fn refuse(&self, e: AddError, key: &str, index: Option<usize>) -> IngestError {
+        match e {
+            AddError::Overflow => {
+                self.metrics.reject("total_out_of_range");
+                IngestError::OutOfRange {
+                    key: key.to_owned(),
+                    index,
+                }
+            }
+            AddError::Full => {
+                self.metrics.reject("pending_keys_full");
+                IngestError::Full
+            }
+        }
+    }
+}
+
+/// Maps a storage error; `index_of` finds a key's position in a multi-increment request.
+fn from_storage(e: StorageError, index_of: impl FnOnce(&str) -> Option<usize>) -> IngestError {
+    match e {
+        StorageError::OutOfRange { key } => IngestError::OutOfRange {
+            index: key.as_deref().and_then(index_of),
+            key: key.unwrap_or_default(),
+        },
+        other => IngestError::Storage(other),
+    }
+}
+
+/// Sums repeated keys and sorts by key, as one upsert statement needs. On overflow, returns
+/// the index of the increment that overflowed.
+fn merge_sorted<'a>(incs: &'a [Increment<'_>]) -> Result<Vec<(&'a str, i64)>, usize> {
+    let mut order: Vec<usize> = (0..incs.len()).collect();
+    order.sort_by(|&a, &b| incs[a].key().cmp(incs[b].key()).then(a.cmp(&b)));
+    let mut merged: Vec<(&str, i64)> = Vec::with_capacity(incs.len());
+    for i in order {
+        match merged.last_mut() {
+            Some((k, sum)) if *k == incs[i].key() => {
+                *sum = sum.checked_add(incs[i].value()).ok_or(i)?;
+            }
+            _ => merged.push((incs[i].key(), incs[i].value())),
+        }
+    }
+    Ok(merged)
+}

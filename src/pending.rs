@@ -1,0 +1,370 @@
+//! Pending deltas: the in-memory sums of increments that PostgreSQL does not have yet.
+//!
+//! Requests add into a map of `key -> delta`, split into shards so that concurrent requests
+//! rarely wait on the same lock. The key is hashed once: the hash picks the shard and is
+//! handed to the shard's table, and a key that is already pending is found by that hash and a
+//! string compare, without allocating.
+//!
+//! Every shard carries the number of the flush batch its map belongs to. The flusher *cuts* a
+//! batch by swapping each shard's map for an empty one and raising the shard's number, under
+//! that shard's lock. An increment is therefore always added under the same lock that tells
+//! it which batch it landed in; [`PendingDeltas::add`] returns that number, and that is the
+//! number the journal records with it. No increment can fall between two batches.
+
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+/// Number of shards; a power of two. Far more than the cores of a small machine, so two
+/// requests on different keys almost never share a lock.
+const SHARDS: usize = 64;
+
+/// A flush batch's sequence number.
+pub type BatchSeq = u64;
+
+/// Why an increment could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    /// The key's pending delta would leave the signed 64-bit range.
+    #[error("the pending delta of this key would leave the signed 64-bit range")]
+    Overflow,
+    /// The key is new and the bound on pending keys is reached.
+    #[error("too many keys are pending")]
+    Full,
+}
+
+struct Shard {
+    batch: BatchSeq,
+    deltas: HashTable<(Box<str>, i64)>,
+}
+
+/// The sharded map of pending deltas. Cheap to share behind an `Arc`.
+pub struct PendingDeltas {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    hasher: foldhash::fast::RandomState,
+    /// Keys held in memory: in the open maps and in cut batches not yet released.
+    keys: CachePadded<AtomicUsize>,
+    max_keys: usize,
+    /// Set by any add since the last cut; lets the flusher know the open batch is not empty
+    /// without taking every lock.
+    dirty: CachePadded<AtomicBool>,
+}
+
+impl PendingDeltas {
+    /// An empty map whose first batch is `first_batch`, refusing new keys past `max_keys`.
+    pub fn new(first_batch: BatchSeq, max_keys: usize) -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                CachePadded::new(Mutex::new(Shard {
+                    batch: first_batch,
+                    deltas: HashTable::new(),
+                }))
+            })
+            .collect();
+        PendingDeltas {
+            shards,
+            hasher: foldhash::fast::RandomState::default(),
+            keys: CachePadded::new(AtomicUsize::new(0)),
+            max_keys,
+            dirty: CachePadded::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The key's hash and its shard's index.
+    fn locate(&self, key: &str) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        // hashbrown uses the low bits for the bucket and the top seven for its tag; the shard
+        // comes from bits in between so that neither is skewed within a shard.
+        (hash, (hash >> 40) as usize & (SHARDS - 1))
+    }
+
+    /// Adds `delta` to `key` and returns the batch it landed in.
+    pub fn add(&self, key: &str, delta: i64) -> Result<BatchSeq, AddError> {
+        let (hash, shard) = self.locate(key);
+        let mut shard = lock(&self.shards[shard]);
+        let batch = shard.batch;
+        let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
+        match shard.deltas.entry(hash, |(k, _)| **k == *key, hasher) {
+            Entry::Occupied(mut e) => {
+                let sum = &mut e.get_mut().1;
+                *sum = sum.checked_add(delta).ok_or(AddError::Overflow)?;
+            }
+            Entry::Vacant(e) => {
+                if self.keys.load(Ordering::Relaxed) >= self.max_keys {
+                    return Err(AddError::Full);
+                }
+                e.insert((key.into(), delta));
+                self.keys.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(shard);
+        self.mark_dirty();
+        Ok(batch)
+    }
+
+    /// Adds every `(key, delta)` or none of them, and returns the batch each landed in. On
+    /// overflow, the error names the index of the item that overflowed.
+    ///
+    /// The shards involved are locked together, in index order (so two callers cannot
+    /// deadlock), checked, and only then changed.
+    pub fn add_all(
+        &self,
+        items: &[(&str, i64)],
+    ) -> Result<Vec<BatchSeq>, (Option<usize>, AddError)> {
+        let located: Vec<(u64, usize)> = items.iter().map(|(key, _)| self.locate(key)).collect();
+        let mut wanted: Vec<usize> = located.iter().map(|&(_, s)| s).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut guards: Vec<_> = wanted.iter().map(|&s| lock(&self.shards[s])).collect();
+        let guard_of = |s: usize| wanted.binary_search(&s).expect("shard was locked");
+
+        // Check: the sum each key would reach, counting repeats within `items`.
+        let mut new_keys = 0usize;
+        let mut seen: HashTable<(usize, i64)> = HashTable::with_capacity(items.len());
+        for (i, ((key, delta), &(hash, shard))) in items.iter().zip(&located).enumerate() {
+            let current = guards[guard_of(shard)]
+                .deltas
+                .find(hash, |(k, _)| **k == **key)
+                .map(|(_, d)| *d);
+            let entry = seen.entry(hash, |&(j, _)| items[j].0 == *key, |&(j, _)| located[j].0);
+            match entry {
+                Entry::Occupied(mut e) => {
+                    let sum = &mut e.get_mut().1;
+                    *sum = sum
+                        .checked_add(*delta)
+                        .ok_or((Some(i), AddError::Overflow))?;
+                }
+                Entry::Vacant(e) => {
+                    let base = current.unwrap_or_else(|| {
+                        new_keys += 1;
+                        0
+                    });
+                    let sum = base
+                        .checked_add(*delta)
+                        .ok_or((Some(i), AddError::Overflow))?;
+                    e.insert((i, sum));
+                }
+            }
+        }
+        if new_keys > 0 && self.keys.load(Ordering::Relaxed) + new_keys > self.max_keys {
+            return Err((None, AddError::Full));
+        }
+
+        // Apply: nothing below can fail.
+        let mut batches = Vec::with_capacity(items.len());
+        for ((key, delta), &(hash, shard)) in items.iter().zip(&located) {
+            let shard = &mut *guards[guard_of(shard)];
+            batches.push(shard.batch);
+            let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
+            match shard.deltas.entry(hash, |(k, _)| **k == **key, hasher) {
+                Entry::Occupied(mut e) => e.get_mut().1 += delta,
+                Entry::Vacant(e) => {
+                    e.insert(((*key).into(), *delta));
+                }
+            }
+        }
+        self.keys.fetch_add(new_keys, Ordering::Relaxed);
+        drop(guards);
+        self.mark_dirty();
+        Ok(batches)
+    }
+
+    fn mark_dirty(&self) {
+        // Read first: the flag is almost always set already, and a read keeps the cache line
+        // shared between cores instead of bouncing it.
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The delta pending for `key` in the open batch, if any, with that batch's number.
+    pub fn get(&self, key: &str) -> Option<(i64, BatchSeq)> {
+        let (hash, shard) = self.locate(key);
+        let shard = lock(&self.shards[shard]);
+        shard
+            .deltas
+            .find(hash, |(k, _)| **k == *key)
+            .map(|(_, d)| (*d, shard.batch))
+    }
+
+    /// Closes the open batch and opens batch `next`: every shard's map is swapped for an empty
+    /// one. Returns the closed batch's deltas, unordered.
+    ///
+    /// The keys stay counted against the bound until [`release`](Self::release) is called,
+    /// once PostgreSQL has them.
+    pub fn cut(&self, next: BatchSeq) -> Vec<(Box<str>, i64)> {
+        // Cleared before the swaps: an add that races with the cut sets it again, which can
+        // only make the open batch look older than it is, never younger.
+        self.dirty.store(false, Ordering::Relaxed);
+        let mut maps = Vec::with_capacity(SHARDS);
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.batch = next;
+            maps.push(std::mem::take(&mut shard.deltas));
+        }
+        let mut deltas = Vec::with_capacity(maps.iter().map(HashTable::len).sum());
+        for map in maps {
+            deltas.extend(map);
+        }
+        deltas
+    }
+
+    /// Forgets `keys` keys of a batch that PostgreSQL now holds.
+    pub fn release(&self, keys: usize) {
+        self.keys.fetch_sub(keys, Ordering::Relaxed);
+    }
+
+    /// Keys held in memory (open batch and unreleased cut batches).
+    pub fn keys(&self) -> usize {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether anything was added since the last cut.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+}
+
+/// Locks a shard. A panic while a shard is locked cannot leave a half-applied change (every
+/// change is one assignment), so a poisoned lock is still usable.
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    shard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    #[test]
+    fn adds_sum_per_key_and_cut_empties_the_map() {
+        let p = PendingDeltas::new(1, 100);
+        assert_eq!(p.add("a", 2), Ok(1));
+        assert_eq!(p.add("a", 3), Ok(1));
+        assert_eq!(p.add("b", 1), Ok(1));
+        assert_eq!(p.get("a"), Some((5, 1)));
+        assert_eq!(p.keys(), 2);
+        assert!(p.is_dirty());
+
+        let mut batch = p.cut(2);
+        batch.sort();
+        assert_eq!(batch, vec![("a".into(), 5), ("b".into(), 1)]);
+        assert_eq!(p.get("a"), None);
+        assert!(!p.is_dirty());
+        assert_eq!(
+            p.add("a", 1),
+            Ok(2),
+            "adds after a cut land in the next batch"
+        );
+        assert_eq!(p.keys(), 3, "cut keys count until released");
+        p.release(2);
+        assert_eq!(p.keys(), 1);
+    }
+
+    #[test]
+    fn overflow_is_refused_for_that_key_only() {
+        let p = PendingDeltas::new(1, 100);
+        p.add("big", i64::MAX).unwrap();
+        assert_eq!(p.add("big", 1), Err(AddError::Overflow));
+        assert_eq!(p.get("big"), Some((i64::MAX, 1)));
+        assert_eq!(p.add("other", 1), Ok(1));
+    }
+
+    #[test]
+    fn new_keys_are_refused_past_the_bound_but_pending_keys_still_count() {
+        let p = PendingDeltas::new(1, 2);
+        p.add("a", 1).unwrap();
+        p.add("b", 1).unwrap();
+        assert_eq!(p.add("c", 1), Err(AddError::Full));
+        assert_eq!(p.add("a", 1), Ok(1));
+        let batch = p.cut(2);
+        assert_eq!(
+            p.add("c", 1),
+            Err(AddError::Full),
+            "a cut batch still holds memory"
+        );
+        p.release(batch.len());
+        assert_eq!(p.add("c", 1), Ok(2));
+    }
+
+    #[test]
+    fn add_all_is_all_or_nothing() {
+        let p = PendingDeltas::new(7, 100);
+        p.add("x", i64::MAX - 1).unwrap();
+        assert_eq!(
+            p.add_all(&[("a", 1), ("x", 1), ("x", 1)]),
+            Err((Some(2), AddError::Overflow))
+        );
+        assert_eq!(p.get("a"), None, "nothing of a refused batch is applied");
+        assert_eq!(p.get("x"), Some((i64::MAX - 1, 7)));
+
+        assert_eq!(
+            p.add_all(&[("a", 1), ("x", 1), ("a", 2)]),
+            Ok(vec![7, 7, 7])
+        );
+        assert_eq!(p.get("a"), Some((3, 7)));
+        assert_eq!(p.get("x"), Some((i64::MAX, 7)));
+        assert_eq!(p.keys(), 2);
+
+        let small = PendingDeltas::new(1, 2);
+        small.add("a", 1).unwrap();
+        assert_eq!(
+            small.add_all(&[("b", 1), ("c", 1)]),
+            Err((None, AddError::Full))
+        );
+        assert_eq!(
+            small.add_all(&[("b", 1), ("a", 1), ("b", 1)]),
+            Ok(vec![1, 1, 1])
+        );
+        assert_eq!(small.get("b"), Some((2, 1)));
+    }
+
+    /// Many threads add while another keeps cutting: every increment lands in exactly one
+    /// batch, and the batch number each add returned is the batch that holds it.
+    #[test]
+    fn concurrent_adds_and_cuts_lose_nothing_and_tag_truthfully() {
+        let p = Arc::new(PendingDeltas::new(1, usize::MAX));
+        let threads = 4;
+        let per_thread = 20_000;
+        let adders: Vec<_> = (0..threads)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut by_batch: HashMap<(BatchSeq, String), i64> = HashMap::new();
+                    for i in 0..per_thread {
+                        let key = format!("k{}", (i * 7 + t) % 50);
+                        let batch = p.add(&key, 1).unwrap();
+                        *by_batch.entry((batch, key)).or_default() += 1;
+                    }
+                    by_batch
+                })
+            })
+            .collect();
+        let mut cut: HashMap<(BatchSeq, String), i64> = HashMap::new();
+        let mut next = 2;
+        while !adders.iter().all(|a| a.is_finished()) {
+            for (k, d) in p.cut(next) {
+                cut.insert((next - 1, k.into()), d);
+            }
+            next += 1;
+        }
+        for (k, d) in p.cut(next) {
+            cut.insert((next - 1, k.into()), d);
+        }
+        let mut tagged: HashMap<(BatchSeq, String), i64> = HashMap::new();
+        for a in adders {
+            for (k, d) in a.join().unwrap() {
+                *tagged.entry(k).or_default() += d;
+            }
+        }
+        assert_eq!(cut, tagged);
+        assert_eq!(cut.values().sum::<i64>(), (threads * per_thread) as i64);
+    }
+}

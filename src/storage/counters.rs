@@ -1,0 +1,237 @@
+//! The SQL of the `counters` table: flush batches, synchronous increments, reads.
+
+use tokio_postgres::error::SqlState;
+
+use super::{Storage, StorageError, batch_seq, stored_seq};
+use crate::node::NodeId;
+use crate::pending::BatchSeq;
+
+/// Most rows one upsert statement carries, so no statement grows without bound however many
+/// keys a batch holds.
+pub const CHUNK_ROWS: usize = 10_000;
+
+/// Adds each `(key, delta)` of the arrays to its total, inserting new keys.
+///
+/// The input is sorted by key, so two nodes upserting overlapping keys lock rows in the same
+/// order and cannot deadlock. A total that would overflow makes the statement fail as a whole.
+const UPSERT: &str = "
+    INSERT INTO counters AS c (key, value, updated_at)
+    SELECT key, delta, now() FROM unnest($1::text[], $2::bigint[]) AS input(key, delta)
+    ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at";
+
+/// Like [`UPSERT`], but leaves out the keys whose total would leave the signed 64-bit range and
+/// returns them instead. It reads each row once more, so it is only used for a batch that the
+/// plain statement refused.
+const UPSERT_CHECKED: &str = "
+    WITH input AS (
+        SELECT i.key, i.delta,
+               c.value IS NULL
+               OR c.value::numeric + i.delta BETWEEN -9223372036854775808 AND 9223372036854775807
+               AS fits
+        FROM unnest($1::text[], $2::bigint[]) AS i(key, delta)
+        LEFT JOIN counters c ON c.key = i.key
+    ), applied AS (
+        INSERT INTO counters AS c (key, value, updated_at)
+        SELECT key, delta, now() FROM input WHERE fits ORDER BY key
+        ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
+    )
+    SELECT key, delta FROM input WHERE NOT fits";
+
+/// What became of a flush batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// False when PostgreSQL had already applied this batch (a retry after a commit whose
+    /// answer was lost): nothing was written this time.
+    pub applied: bool,
+    /// Deltas left out because their key's total would leave the 64-bit range.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A delta a flush could not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub key: String,
+    pub delta: i64,
+}
+
+impl Storage {
+    /// Applies a flush batch once and only once: the deltas and the node's new progress are
+    /// written in one transaction, and a batch the node's progress row already covers is
+    /// skipped.
+    ///
+    /// `deltas` must be sorted by key, each key once.
+    pub async fn apply_batch(
+        &self,
+        node: &NodeId,
+        seq: BatchSeq,
+        deltas: &[(Box<str>, i64)],
+    ) -> Result<BatchOutcome, StorageError> {
+        debug_assert!(
+            deltas.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, unique keys"
+        );
+        let mut client = self.pool.get().await?;
+        match apply_batch_in(&mut client, node, seq, deltas, false).await {
+            Err(StorageError::OutOfRange { .. }) => {
+                apply_batch_in(&mut client, node, seq, deltas, true).await
+            }
+            other => other,
+        }
+    }
+
+    /// Adds one increment in its own transaction and returns the new total.
+    pub async fn increment(&self, key: &str, value: i64) -> Result<i64, StorageError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO counters AS c (key, value, updated_at) VALUES ($1, $2, now())
+                 ON CONFLICT (key) DO UPDATE
+                 SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
+                 RETURNING value",
+            )
+            .await?;
+        match client.query_one(&statement, &[&key, &value]).await {
+            Ok(row) => Ok(row.get(0)),
+            Err(e) if is_out_of_range(&e) => Err(StorageError::OutOfRange {
+                key: Some(key.to_owned()),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds several increments in one statement: all or none. `deltas` must be sorted by key,
+    /// each key once.
+    pub async fn increment_all(&self, deltas: &[(&str, i64)]) -> Result<(), StorageError> {
+        let mut client = self.pool.get().await?;
+        let (keys, values): (Vec<&str>, Vec<i64>) = deltas.iter().copied().unzip();
+        match client.execute(UPSERT, &[&keys, &values]).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_out_of_range(&e) => {
+                // Name the key: the checked statement finds it (its writes are rolled back).
+                let key = async {
+                    let tx = client.transaction().await.ok()?;
+                    let rows = tx.query(UPSERT_CHECKED, &[&keys, &values]).await.ok()?;
+                    rows.first().map(|r| r.get::<_, String>(0))
+                }
+                .await;
+                Err(StorageError::OutOfRange { key })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The persisted total of `key`.
+    pub async fn counter(&self, key: &str) -> Result<Option<i64>, StorageError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT value FROM counters WHERE key = $1")
+            .await?;
+        Ok(client
+            .query_opt(&statement, &[&key])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// The persisted total of `key` and the last batch applied for `node`, read from one
+    /// snapshot, so a caller can tell which of its in-memory batches the total includes.
+    pub async fn counter_and_progress(
+        &self,
+        key: &str,
+        node: &NodeId,
+    ) -> Result<(Option<i64>, BatchSeq), StorageError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT (SELECT value FROM counters WHERE key = $1),
+                        (SELECT last_batch FROM tally_nodes WHERE node_id = $2)",
+            )
+            .await?;
+        let row = client
+            .query_one(&statement, &[&key, &node.as_str()])
+            .await?;
+        let progress: Option<i64> = row.get(1);
+        let progress = progress
+            .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?;
+        Ok((row.get(0), batch_seq(progress)))
+    }
+}
+
+async fn apply_batch_in(
+    client: &mut deadpool_postgres::Object,
+    node: &NodeId,
+    seq: BatchSeq,
+    deltas: &[(Box<str>, i64)],
+    checked: bool,
+) -> Result<BatchOutcome, StorageError> {
+    let tx = client.transaction().await?;
+    // FOR UPDATE: should a twin process flush under the same node id, the two serialise here
+    // and the second sees the first's progress.
+    let progress: i64 = tx
+        .query_opt(
+            "SELECT last_batch FROM tally_nodes WHERE node_id = $1 FOR UPDATE",
+            &[&node.as_str()],
+        )
+        .await?
+        .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?
+        .get(0);
+    if batch_seq(progress) >= seq {
+        return Ok(BatchOutcome::default());
+    }
+
+    let mut rejected = Vec::new();
+    for chunk in deltas.chunks(CHUNK_ROWS) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| &**k).collect();
+        let values: Vec<i64> = chunk.iter().map(|(_, d)| *d).collect();
+        if checked {
+            for row in tx.query(UPSERT_CHECKED, &[&keys, &values]).await? {
+                rejected.push(Rejected {
+                    key: row.get(0),
+                    delta: row.get(1),
+                });
+            }
+        } else {
+            match tx.execute(UPSERT, &[&keys, &values]).await {
+                Ok(_) => {}
+                Err(e) if is_out_of_range(&e) => {
+                    return Err(StorageError::OutOfRange { key: None });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        record_rejections(&tx, node, seq, &rejected).await?;
+    }
+    tx.execute(
+        "UPDATE tally_nodes SET last_batch = $2, updated_at = now() WHERE node_id = $1",
+        &[&node.as_str(), &stored_seq(seq)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(BatchOutcome {
+        applied: true,
+        rejected,
+    })
+}
+
+async fn record_rejections(
+    tx: &deadpool_postgres::Transaction<'_>,
+    node: &NodeId,
+    seq: BatchSeq,
+    rejected: &[Rejected],
+) -> Result<(), StorageError> {
+    let keys: Vec<&str> = rejected.iter().map(|r| r.key.as_str()).collect();
+    let deltas: Vec<i64> = rejected.iter().map(|r| r.delta).collect();
+    tx.execute(
+        "INSERT INTO rejected_increments (key, delta, node_id, batch, reason)
+         SELECT key, delta, $3, $4, 'total_out_of_range'
+         FROM unnest($1::text[], $2::bigint[]) AS r(key, delta)",
+        &[&keys, &deltas, &node.as_str(), &stored_seq(seq)],
+    )
+    .await?;
+    Ok(())
+}
+
+fn is_out_of_range(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
+}

@@ -1,0 +1,264 @@
+//! The buffer and the flush path against a real PostgreSQL: exact totals under concurrency,
+//! pending increments visible before they are flushed, and deltas kept through a database
+//! outage.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::app::{TestApp, db_totals};
+use common::postgres::{TestDatabase, dedicated_cluster};
+use rand::RngExt;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Sends `per_task` random increments from each of `tasks` concurrent clients over `keys`
+/// keys, and returns the sum of the acknowledged ones per key.
+async fn concurrent_load(
+    app: &TestApp,
+    tasks: usize,
+    per_task: usize,
+    keys: usize,
+) -> BTreeMap<String, i64> {
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let http = app.http.clone();
+            let url = app.url("/increment");
+            tokio::spawn(async move {
+                let mut acked: BTreeMap<String, i64> = BTreeMap::new();
+                for _ in 0..per_task {
+                    let (key, value) = {
+                        let mut rng = rand::rng();
+                        (
+                            format!("key-{}", rng.random_range(0..keys)),
+                            rng.random_range(1..=100),
+                        )
+                    };
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(json!({"key": key, "value": value}).to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), StatusCode::ACCEPTED);
+                    *acked.entry(key).or_default() += value;
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut total = BTreeMap::new();
+    for h in handles {
+        for (k, v) in h.await.unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_increments_add_up_exactly_in_postgres() {
+    let app = TestApp::spawn().await;
+    let acked = concurrent_load(&app, 8, 500, 300).await;
+    assert!(acked.len() > 250, "the load spread over many keys");
+    let expected: Vec<(String, i64)> = acked.into_iter().collect();
+    app.wait_for_totals("every acknowledged increment", |t| t == expected.as_slice())
+        .await;
+
+    // Nothing more arrives later: the totals are exact, not a lower bound on the way up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.db_totals().await, expected);
+    for (key, total) in expected.iter().take(20) {
+        assert_eq!(app.counter(key).await.1["value"], *total);
+    }
+}
+
+#[tokio::test]
+async fn pending_increments_are_visible_before_the_flush() {
+    let app = TestApp::spawn_with(&["--flush-interval", "10s"]).await;
+    assert_eq!(app.increment("k", 3).await, StatusCode::ACCEPTED);
+    assert_eq!(app.increment("k", 4).await, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.counter("k").await,
+        (StatusCode::OK, json!({"key": "k", "value": 7}))
+    );
+    let t = app.db_totals().await;
+    assert!(t.is_empty(), "nothing is flushed yet: {t:?}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_total_is_the_persisted_value_plus_the_pending_one() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.increment("k", 10).await, StatusCode::ACCEPTED);
+    app.wait_for_totals("the flush", |t| t == [("k".to_owned(), 10)])
+        .await;
+    let app = {
+        // A second node on the same database, flushing rarely: it sees the other's total plus
+        // its own pending increments.
+        let other = TestApp::spawn_on(
+            app.db.clone(),
+            tempfile::tempdir().unwrap(),
+            &["--flush-interval", "10s"],
+        )
+        .await;
+        assert_eq!(other.increment("k", 5).await, StatusCode::ACCEPTED);
+        assert_eq!(other.counter("k").await.1["value"], 15);
+        assert_eq!(
+            app.counter("k").await.1["value"],
+            10,
+            "the first node sees only what is persisted"
+        );
+        other.stop().await.unwrap();
+        app
+    };
+    app.wait_for_totals("the second node's final flush", |t| {
+        t == [("k".to_owned(), 15)]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reading_totals_while_flushing_never_counts_a_batch_twice_or_not_at_all() {
+    let app = TestApp::spawn_with(&["--flush-interval", "10ms"]).await;
+    let mut expected = 0;
+    for i in 1..=200 {
+        assert_eq!(app.increment("hot", 1).await, StatusCode::ACCEPTED);
+        expected += 1;
+        if i % 5 == 0 {
+            let (_, body) = app.counter("hot").await;
+            assert_eq!(body["value"], expected, "after {i} increments");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_its_deltas_until_the_database_returns() {
+    let cluster = dedicated_cluster();
+    let db = TestDatabase {
+        url: cluster.connection_string("tally"),
+        name: "tally".into(),
+    };
+    let app = TestApp::spawn_on(db.clone(), tempfile::tempdir().unwrap(), &[]).await;
+    assert_eq!(app.increment("a", 1).await, StatusCode::ACCEPTED);
+    app.wait_for_totals("the first flush", |t| t == [("a".to_owned(), 1)])
+        .await;
+
+    cluster.stop_immediate().unwrap();
+    for _ in 0..50 {
+        assert_eq!(
+            app.increment("a", 2).await,
+            StatusCode::ACCEPTED,
+            "accepted while the database is down"
+        );
+        assert_eq!(app.increment("b", 1).await, StatusCode::ACCEPTED);
+    }
+    let r = app.http.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready without a database"
+    );
+    // Let several flush attempts fail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.start_again().unwrap();
+    let expected = vec![("a".to_owned(), 101), ("b".to_owned(), 50)];
+    app.wait_for_totals("the retried flushes", |t| t == expected.as_slice())
+        .await;
+    app.stop().await.unwrap();
+    assert_eq!(db_totals(&db).await, expected);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_what_is_pending() {
+    let app = TestApp::spawn_with(&["--flush-interval", "10s"]).await;
+    for i in 0..100 {
+        assert_eq!(
+            app.increment(&format!("k{}", i % 7), 1).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert!(app.db_totals().await.is_empty());
+    let db = app.db.clone();
+    app.stop().await.unwrap();
+    let totals = db_totals(&db).await;
+    assert_eq!(totals.iter().map(|(_, v)| v).sum::<i64>(), 100);
+    assert_eq!(totals.len(), 7);
+}
+
+#[tokio::test]
+async fn sync_mode_loses_no_update_under_contention() {
+    let app = TestApp::spawn_with(&["--mode", "sync"]).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let http = app.http.clone();
+            let url = app.url("/increment");
+            tokio::spawn(async move {
+                let mut totals = Vec::new();
+                for _ in 0..100 {
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(r#"{"key": "contended", "value": 1}"#)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), StatusCode::OK);
+                    totals.push(
+                        r.json::<serde_json::Value>().await.unwrap()["total"]
+                            .as_i64()
+                            .unwrap(),
+                    );
+                }
+                totals
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.extend(t.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=800).collect::<Vec<i64>>(),
+        "every request saw its own, distinct total"
+    );
+    assert_eq!(app.db_totals().await, vec![("contended".to_owned(), 800)]);
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_one_statement_is_written_in_chunks() {
+    let app = TestApp::spawn_with(&[
+        "--flush-interval",
+        "10s",
+        "--max-batch",
+        "5000",
+        "--max-body-bytes",
+        "1048576",
+    ])
+    .await;
+    let keys = 25_000; // more than two statements' worth of rows
+    for start in (0..keys).step_by(5000) {
+        let items: Vec<_> = (start..start + 5000)
+            .map(|i| json!({"key": format!("chunk-{i:05}"), "value": i + 1}))
+            .collect();
+        let r = app
+            .post_json("/increments", serde_json::to_string(&items).unwrap())
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let db = app.db.clone();
+    app.stop().await.unwrap();
+    let totals = db_totals(&db).await;
+    assert_eq!(totals.len(), keys);
+    assert!(
+        totals
+            .iter()
+            .enumerate()
+            .all(|(i, (k, v))| *k == format!("chunk-{i:05}") && *v == i as i64 + 1)
+    );
+}

@@ -1,0 +1,250 @@
+//! What only a real `tally` process can show: signals, exit statuses, and the managed
+//! PostgreSQL it starts and stops.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::postgres::{fresh_database, process_is_running};
+use common::process::{TallyProcess, tally_command};
+
+fn post_increment(
+    http: &reqwest::blocking::Client,
+    p: &TallyProcess,
+    key: &str,
+    value: i64,
+) -> u16 {
+    http.post(p.url("/increment"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"key": key, "value": value}).to_string())
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn totals(url: &str) -> Vec<(String, i64)> {
+    let url = url.to_owned();
+    // A small runtime of its own: these tests are synchronous, like the processes they drive.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let db = common::postgres::TestDatabase {
+                url,
+                name: String::new(),
+            };
+            common::app::db_totals(&db).await
+        })
+}
+
+/// The postmaster's pid from its pid file, if the managed cluster is running.
+fn postmaster_pid(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+#[test]
+fn sigterm_flushes_everything_before_exit() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url.clone();
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &["--flush-interval", "10s"],
+        &[("DATABASE_URL", &url)],
+    );
+    let http = reqwest::blocking::Client::new();
+    for i in 0..300 {
+        assert_eq!(
+            post_increment(&http, &tally, &format!("k{}", i % 13), 2),
+            202
+        );
+    }
+    assert!(
+        totals(&url).is_empty(),
+        "a 10 s interval has not flushed yet"
+    );
+
+    tally.signal(libc::SIGTERM);
+    let status = tally.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        tally.log()
+    );
+    let totals = totals(&url);
+    assert_eq!(totals.len(), 13);
+    assert_eq!(totals.iter().map(|(_, v)| v).sum::<i64>(), 600);
+    assert!(tally.log().contains("final flush done"), "{}", tally.log());
+}
+
+#[test]
+fn managed_postgres_starts_from_nothing_keeps_its_data_and_stops_on_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::blocking::Client::new();
+
+    let mut first = TallyProcess::start(dir.path(), &[], &[]);
+    assert!(
+        first.log().contains("managed"),
+        "the start-up line names the managed database:\n{}",
+        first.log()
+    );
+    let pid = postmaster_pid(dir.path()).expect("the managed PostgreSQL runs");
+    assert!(process_is_running(pid));
+    assert_eq!(post_increment(&http, &first, "visits", 41), 202);
+    first.signal(libc::SIGTERM);
+    assert!(
+        first.wait(Duration::from_secs(60)).success(),
+        "{}",
+        first.log()
+    );
+    assert!(
+        !process_is_running(pid),
+        "the managed PostgreSQL stopped with tally"
+    );
+    assert_eq!(postmaster_pid(dir.path()), None);
+
+    let mut second = TallyProcess::start(dir.path(), &[], &[]);
+    let body: serde_json::Value = http
+        .get(second.url("/counters/visits"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"key": "visits", "value": 41}),
+        "the data survived the restart"
+    );
+    let pid = postmaster_pid(dir.path()).unwrap();
+    second.signal(libc::SIGINT);
+    assert!(
+        second.wait(Duration::from_secs(60)).success(),
+        "{}",
+        second.log()
+    );
+    assert!(
+        !process_is_running(pid),
+        "no stray postgres process is left"
+    );
+}
+
+#[test]
+fn a_second_process_on_the_same_data_directory_is_refused() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let _first = TallyProcess::start(dir.path(), &[], &[("DATABASE_URL", &db.url)]);
+    let out = tally_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another tally process"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_configuration_exits_2_with_one_clear_line() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--flush-interval", "20s"], &[], "between 10ms and 10s"),
+        (&["--mode", "fast"], &[], "--mode"),
+        (
+            &[],
+            &[("TALLY_FLUSH_INTERVAL", "5ms")],
+            "between 10ms and 10s",
+        ),
+        (&[], &[("TALLY_MAX_BODY_BYTES", "lots")], "--max-body-bytes"),
+        (&["--listen", "nowhere"], &[], "--listen"),
+        (&["--durability", "journal"], &[], "journal"),
+    ];
+    for (args, envs, expected) in cases {
+        let mut cmd = tally_command();
+        cmd.args(*args).env_remove("DATABASE_URL");
+        for (k, v) in *envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn flags_beat_environment_which_beats_the_file() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tally.toml");
+    std::fs::write(&file, "flush_interval = \"9s\"\nmode = \"sync\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let started_with = |args: &[&str], envs: &[(&str, &str)]| {
+        let data = tempfile::tempdir().unwrap();
+        let mut all_envs = vec![("DATABASE_URL", db.url.as_str())];
+        all_envs.extend_from_slice(envs);
+        let p = TallyProcess::start(data.path(), args, &all_envs);
+        let line = p
+            .log()
+            .lines()
+            .find(|l| l.contains("tally is serving"))
+            .unwrap()
+            .to_owned();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        (
+            v["flush_interval"].as_str().unwrap().to_owned(),
+            v["mode"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(
+        started_with(&["--config", file], &[]),
+        ("9s".into(), "sync".into())
+    );
+    assert_eq!(
+        started_with(&["--config", file], &[("TALLY_FLUSH_INTERVAL", "2s")]),
+        ("2s".into(), "sync".into())
+    );
+    assert_eq!(
+        started_with(
+            &[
+                "--config",
+                file,
+                "--flush-interval",
+                "3s",
+                "--mode",
+                "buffered"
+            ],
+            &[("TALLY_FLUSH_INTERVAL", "2s")]
+        ),
+        ("3s".into(), "buffered".into())
+    );
+}
+
+#[test]
+fn migrate_creates_the_schema_and_exits() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = tally_command()
+            .args(["migrate", "--data-dir"])
+            .arg(dir.path())
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        totals(&db.url).is_empty(),
+        "the counters table exists and is empty"
+    );
+}
