@@ -3,7 +3,8 @@
 //! A request goes through [`http`] (parse), [`increment`] (validate) and [`ingest`] (the
 //! request path: into [`pending`] deltas, or straight to PostgreSQL in sync mode). The
 //! [`flush`] path moves pending deltas into PostgreSQL through [`storage`], exactly once.
-//! [`app`] wires them together and runs a node from start to stop.
+//! [`app`] wires them together and runs a node from start to stop. [`load`] is the verifying
+//! load generator (`tally load`).
 
 pub mod app;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod flush;
 pub mod http;
 pub mod increment;
 pub mod ingest;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod pending;
