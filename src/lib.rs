@@ -11,6 +11,7 @@ pub mod flush;
 pub mod http;
 pub mod increment;
 pub mod ingest;
+pub mod journal;
 pub mod metrics;
 pub mod node;
 pub mod pending;
