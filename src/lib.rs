@@ -12,6 +12,7 @@ pub mod flush;
 pub mod http;
 pub mod increment;
 pub mod ingest;
+pub mod journal;
 pub mod load;
 pub mod metrics;
 pub mod node;

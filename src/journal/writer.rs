@@ -1,0 +1,468 @@
+//! Group commit: many appenders, one writer thread, one `fdatasync` for all of them.
+//!
+//! Appenders encode their records into the *open* buffer under a short mutex and note its
+//! generation. The writer thread swaps the open buffer for its spare one (the generation goes
+//! up), writes it with one `write`, calls `sync_data` once, and only then publishes that
+//! generation as durable. So an appender is woken only by a sync that started after its bytes
+//! were handed over, and everything appended while a sync runs shares the next one.
+//!
+//! Durability is published on two `watch` channels, one per parity of the generation. While
+//! generation `g` is being synced, appenders can only be filling generation `g + 1` (the other
+//! channel), so publishing `g` wakes exactly the appenders it covered. A failed write or sync
+//! is final: its appenders, the ones waiting on the next generation, and every later appender
+//! get an error, and the writer stops. Nothing is ever retried and then acknowledged, because
+//! after a failed `fsync` the kernel may have dropped the dirty pages it could not write.
+//!
+//! The writer also owns the segment files: it rotates the active segment and deletes the
+//! segments that [`Journal::committed`](super::Journal::committed) made obsolete, between two
+//! writes, so all journal file I/O happens on this one thread.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::watch;
+
+use super::JournalError;
+use super::record::{self, MAX_KEY};
+use super::segment::{self, Segment};
+
+/// Values of `Shared::inject_failure`, for tests.
+pub(crate) const INJECT_WRITE_FAILURE: u8 = 1;
+pub(crate) const INJECT_SYNC_FAILURE: u8 = 2;
+
+/// A spare buffer grown past this by a burst is dropped rather than kept for good.
+const KEEP_BUFFER_CAPACITY: usize = 4 << 20;
+const INITIAL_BUFFER_CAPACITY: usize = 64 << 10;
+
+/// The durable generation published on one of the two channels.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    /// Every generation up to this one of this parity is durable.
+    generation: u64,
+    /// The journal failed; generations above `generation` never will be durable.
+    failed: bool,
+}
+
+/// What appenders hand to the writer, behind the mutex.
+pub(crate) struct Queue {
+    /// Encoded records of the open generation.
+    buf: Vec<u8>,
+    generation: u64,
+    records: u64,
+    max_batch: Option<u64>,
+    /// The LSN the next record gets.
+    next_lsn: u64,
+    /// The writer waits on the condition variable; appenders wake it only then.
+    writer_idle: bool,
+    closing: bool,
+    failed: bool,
+    /// Calls to `committed` so far; the writer acts on them between writes.
+    commit_requests: u64,
+    /// Calls to `settle` so far.
+    settle_requests: u64,
+}
+
+/// State shared by the journal's handles and its writer thread.
+pub(crate) struct Shared {
+    queue: Mutex<Queue>,
+    wake_writer: Condvar,
+    durable: [watch::Sender<Progress>; 2],
+    /// The count of `settle` calls the writer has answered; `u64::MAX` once it stopped.
+    settled: watch::Sender<u64>,
+    committed: AtomicU64,
+    failed: AtomicBool,
+    failure: OnceLock<Arc<str>>,
+    bytes: AtomicU64,
+    segments: AtomicUsize,
+    syncs: AtomicU64,
+    durable_records: AtomicU64,
+    /// The LSN of the last record made durable, to check the acknowledgement rule in tests.
+    #[cfg(test)]
+    pub(crate) durable_lsn: AtomicU64,
+    /// Makes the writer fail its next write or sync, to test failures.
+    #[cfg(test)]
+    pub(crate) inject_failure: std::sync::atomic::AtomicU8,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn new(next_lsn: u64, bytes: u64, segments: usize) -> Shared {
+        // Generations start at 1 so that the initial value 0 of both channels covers none.
+        let generation = 1;
+        Shared {
+            queue: Mutex::new(Queue {
+                buf: Vec::with_capacity(INITIAL_BUFFER_CAPACITY),
+                generation,
+                records: 0,
+                max_batch: None,
+                next_lsn,
+                writer_idle: false,
+                closing: false,
+                failed: false,
+                commit_requests: 0,
+                settle_requests: 0,
+            }),
+            wake_writer: Condvar::new(),
+            durable: [
+                watch::Sender::new(Progress::default()),
+                watch::Sender::new(Progress::default()),
+            ],
+            settled: watch::Sender::new(0),
+            committed: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            bytes: AtomicU64::new(bytes),
+            segments: AtomicUsize::new(segments),
+            syncs: AtomicU64::new(0),
+            durable_records: AtomicU64::new(0),
+            #[cfg(test)]
+            durable_lsn: AtomicU64::new(next_lsn - 1),
+            #[cfg(test)]
+            inject_failure: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// Encodes `records` into the open generation, all or none, and returns that generation
+    /// and the LSN of the last record.
+    pub(crate) fn enqueue<'k, I>(&self, records: I) -> Result<(u64, u64), JournalError>
+    where
+        I: Iterator<Item = (u64, &'k str, i64)> + Clone,
+    {
+        if let Some(len) = records
+            .clone()
+            .map(|(_, k, _)| k.len())
+            .find(|&l| l > MAX_KEY)
+        {
+            return Err(JournalError::KeyTooLong { len, max: MAX_KEY });
+        }
+        let mut q = lock(&self.queue);
+        if q.failed {
+            return Err(self.failure());
+        }
+        if q.closing {
+            return Err(JournalError::Closed);
+        }
+        for (batch, key, delta) in records {
+            let lsn = q.next_lsn;
+            record::encode(&mut q.buf, lsn, batch, key, delta);
+            q.next_lsn += 1;
+            q.records += 1;
+            q.max_batch = q.max_batch.max(Some(batch));
+        }
+        let position = (q.generation, q.next_lsn - 1);
+        if q.writer_idle {
+            q.writer_idle = false;
+            self.wake_writer.notify_one();
+        }
+        Ok(position)
+    }
+
+    /// Waits until `generation` is durable, or fails if the journal failed first.
+    pub(crate) async fn wait_durable(&self, generation: u64) -> Result<(), JournalError> {
+        let mut rx = self.durable[(generation & 1) as usize].subscribe();
+        let progress = match rx
+            .wait_for(|p| p.generation >= generation || p.failed)
+            .await
+        {
+            Ok(p) => *p,
+            // The sender lives in `self`, so this cannot happen; an error is still the honest
+            // answer.
+            Err(_) => return Err(JournalError::Closed),
+        };
+        if progress.generation >= generation {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    pub(crate) fn committed(&self, batch: u64) {
+        self.committed.fetch_max(batch, Ordering::AcqRel);
+        let mut q = lock(&self.queue);
+        q.commit_requests += 1;
+        if q.writer_idle {
+            q.writer_idle = false;
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// Waits until the writer has finished every job it had before this call: `committed`
+    /// calls acted on, and the rotation that may follow a write.
+    pub(crate) async fn settle(&self) {
+        let target = {
+            let mut q = lock(&self.queue);
+            q.settle_requests += 1;
+            if q.writer_idle {
+                q.writer_idle = false;
+                self.wake_writer.notify_one();
+            }
+            q.settle_requests
+        };
+        let mut rx = self.settled.subscribe();
+        let _ = rx.wait_for(|&done| done >= target).await;
+    }
+
+    /// Tells the writer to write what is queued and stop.
+    pub(crate) fn close(&self) {
+        let mut q = lock(&self.queue);
+        q.closing = true;
+        q.writer_idle = false;
+        self.wake_writer.notify_one();
+    }
+
+    pub(crate) fn failure(&self) -> JournalError {
+        let reason = self.failure.get().cloned();
+        JournalError::Failed(reason.unwrap_or_else(|| "the journal failed".into()))
+    }
+
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn segments(&self) -> usize {
+        self.segments.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn durable_records(&self) -> u64 {
+        self.durable_records.load(Ordering::Relaxed)
+    }
+
+    /// Makes the journal fail for good: queued records are dropped, their appenders and all
+    /// later ones get `reason`.
+    fn fail(&self, reason: String) {
+        tracing::error!(error = %reason, "journal failed; no more increments are acknowledged");
+        let _ = self.failure.set(reason.into());
+        {
+            let mut q = lock(&self.queue);
+            q.failed = true;
+            q.buf.clear();
+        }
+        self.failed.store(true, Ordering::Release);
+        for channel in &self.durable {
+            channel.send_modify(|p| p.failed = true);
+        }
+        self.settled.send_replace(u64::MAX);
+    }
+}
+
+/// A batch of records taken from the queue.
+struct Take {
+    generation: u64,
+    records: u64,
+    max_batch: Option<u64>,
+}
+
+enum Job {
+    Write(Take),
+    Housekeep(u64),
+    Settle(u64),
+    Stop,
+}
+
+/// The writer thread's state: the active segment and the closed ones, oldest first.
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub dir: PathBuf,
+    pub file: File,
+    pub active: Segment,
+    pub closed: VecDeque<Segment>,
+    /// The LSN the next record written carries: the first LSN of a segment created now.
+    pub next_lsn: u64,
+    pub segment_bytes: u64,
+    pub rotate_on_commit_bytes: u64,
+    pub fsync_seconds: Option<Histogram>,
+    pub spare: Vec<u8>,
+    /// `commit_requests` acted on.
+    pub housekept: u64,
+    /// `settle_requests` answered.
+    pub settled: u64,
+}
+
+/// Marks the journal failed if the writer thread ends by a panic, so that no appender waits
+/// forever, and releases `settle` callers: nothing more will be done.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail("the journal writer thread panicked".into());
+        }
+        self.0.settled.send_replace(u64::MAX);
+    }
+}
+
+impl Writer {
+    pub(crate) fn run(mut self) {
+        let _guard = StopGuard(self.shared.clone());
+        loop {
+            let result = match self.next_job() {
+                Job::Write(take) => self.write(take),
+                Job::Housekeep(requests) => self.housekeep().map(|()| self.housekept = requests),
+                Job::Settle(requests) => {
+                    self.settled = requests;
+                    self.shared.settled.send_replace(requests);
+                    Ok(())
+                }
+                Job::Stop => return,
+            };
+            if let Err(reason) = result {
+                self.shared.fail(reason);
+                return;
+            }
+        }
+    }
+
+    /// Waits for work. `committed` calls come first: they are rare, and under steady load
+    /// the buffer is never empty, so they would otherwise wait forever.
+    fn next_job(&mut self) -> Job {
+        let mut q = lock(&self.shared.queue);
+        loop {
+            if q.failed {
+                return Job::Stop;
+            }
+            if q.commit_requests != self.housekept {
+                return Job::Housekeep(q.commit_requests);
+            }
+            if q.settle_requests != self.settled {
+                return Job::Settle(q.settle_requests);
+            }
+            if !q.buf.is_empty() {
+                std::mem::swap(&mut q.buf, &mut self.spare);
+                let take = Take {
+                    generation: q.generation,
+                    records: q.records,
+                    max_batch: q.max_batch.take(),
+                };
+                q.generation += 1;
+                q.records = 0;
+                return Job::Write(take);
+            }
+            if q.closing {
+                return Job::Stop;
+            }
+            q.writer_idle = true;
+            q = self
+                .shared
+                .wake_writer
+                .wait(q)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Writes and syncs one generation, then publishes it as durable.
+    fn write(&mut self, take: Take) -> Result<(), String> {
+        let path = &self.active.path;
+        #[cfg(test)]
+        let injected = self.shared.inject_failure.swap(0, Ordering::Relaxed);
+        #[cfg(not(test))]
+        let injected = 0;
+        let written = if injected == INJECT_WRITE_FAILURE {
+            Err(std::io::Error::other("injected write failure"))
+        } else {
+            self.file.write_all(&self.spare)
+        };
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let started = Instant::now();
+        let synced = if injected == INJECT_SYNC_FAILURE {
+            Err(std::io::Error::other("injected fdatasync failure"))
+        } else {
+            self.file.sync_data()
+        };
+        if let Some(h) = &self.fsync_seconds {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        synced.map_err(|e| format!("cannot fdatasync {}: {e}", path.display()))?;
+
+        let len = self.spare.len() as u64;
+        self.active.add(len, take.records, take.max_batch);
+        self.next_lsn += take.records;
+        let shared = &self.shared;
+        shared.bytes.fetch_add(len, Ordering::Relaxed);
+        shared.syncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .durable_records
+            .fetch_add(take.records, Ordering::Relaxed);
+        #[cfg(test)]
+        shared
+            .durable_lsn
+            .store(self.next_lsn - 1, Ordering::Release);
+        shared.durable[(take.generation & 1) as usize]
+            .send_modify(|p| p.generation = take.generation);
+
+        self.spare.clear();
+        if self.spare.capacity() > KEEP_BUFFER_CAPACITY {
+            self.spare = Vec::with_capacity(INITIAL_BUFFER_CAPACITY);
+        }
+        if self.active.bytes >= self.segment_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment and opens a new one. Its records are already durable: each
+    /// write is synced before the next is taken, so no later segment can hold a record while
+    /// an earlier one misses one.
+    fn rotate(&mut self) -> Result<(), String> {
+        let (file, segment) =
+            segment::create(&self.dir, self.next_lsn).map_err(|e| e.to_string())?;
+        self.shared
+            .bytes
+            .fetch_add(segment.bytes, Ordering::Relaxed);
+        self.shared.segments.fetch_add(1, Ordering::Relaxed);
+        self.file = file;
+        let old = std::mem::replace(&mut self.active, segment);
+        tracing::debug!(segment = %old.path.display(), bytes = old.bytes, "journal segment closed");
+        self.closed.push_back(old);
+        Ok(())
+    }
+
+    /// Acts on the committed batch: rotates a big enough active segment that holds only
+    /// committed batches, then deletes the oldest closed segments whose batches are all
+    /// committed. Only a prefix is deleted, so the segments left stay contiguous in LSN.
+    fn housekeep(&mut self) -> Result<(), String> {
+        let committed = self.shared.committed.load(Ordering::Acquire);
+        let active = &self.active;
+        if active.max_batch.is_some_and(|b| b <= committed)
+            && active.bytes >= self.rotate_on_commit_bytes
+        {
+            self.rotate()?;
+        }
+        while let Some(oldest) = self.closed.front() {
+            if oldest.max_batch.is_some_and(|b| b > committed) {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(&oldest.path) {
+                tracing::warn!(segment = %oldest.path.display(), error = %e, "cannot delete a committed journal segment; will retry");
+                break;
+            }
+            // A deletion that a crash undoes only means replaying committed batches, which
+            // the caller skips; still, each is made durable before the next, so that no
+            // crash can leave a newer segment deleted and an older one present.
+            if let Err(e) = segment::sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "deleted a committed journal segment but cannot fsync the directory");
+            }
+            self.shared.bytes.fetch_sub(oldest.bytes, Ordering::Relaxed);
+            self.shared.segments.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(segment = %oldest.path.display(), committed, "journal segment deleted");
+            self.closed.pop_front();
+        }
+        Ok(())
+    }
+}
