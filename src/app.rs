@@ -1,9 +1,10 @@
 //! A Tally node from start to stop.
 //!
 //! Start: lock the data directory, learn the node id, open the database (starting the
-//! managed one if needed) and migrate it, learn the node's flush progress, start the flusher,
-//! serve. Stop, in this order: stop accepting, let in-flight requests finish, flush what is
-//! pending, close the pool, stop the managed PostgreSQL.
+//! managed one if needed) and migrate it, claim the node id in PostgreSQL, replay what the
+//! journal holds that PostgreSQL does not, then serve. Stop, in this order: stop accepting,
+//! let in-flight requests finish, flush what is pending, close the journal, close the pool,
+//! stop the managed PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,19 +13,18 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Durability, Mode, ServeConfig};
-use crate::flush::{FlushEnd, FlushState, Flusher};
+use crate::config::{Mode, ServeConfig};
+use crate::flush::{FlushBatch, FlushEnd, FlushState, Flusher, Owner};
 use crate::http::{AppState, router};
 use crate::ingest::{Buffered, Ingest};
+use crate::journal::JournalOptions;
 use crate::metrics::Metrics;
-use crate::node::DataDir;
-use crate::pending::PendingDeltas;
+use crate::node::{DataDir, NodeId};
+use crate::pending::{BatchSeq, PendingDeltas};
 use crate::readiness::Readiness;
+use crate::recovery;
 use crate::shutdown::Shutdown;
 use crate::storage::Database;
-
-/// Most keys held in memory before new keys are refused with 503.
-pub const MAX_PENDING_KEYS: usize = 10_000_000;
 
 /// How long in-flight requests may take to finish once a shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,11 +35,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    config.check()?;
     let data_dir = DataDir::open(&config.database.data_dir)?;
     let node = data_dir.node_id(config.node_id.as_deref())?;
     let database = Database::open(&config.database, data_dir.path()).await?;
-    let result = run(&config, listener, shutdown, &database, node).await;
+    let result = run(&config, listener, shutdown, &database, &data_dir, node).await;
     database.close().await;
     result
 }
@@ -49,42 +48,76 @@ async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
     database: &Database,
-    node: crate::node::NodeId,
+    data_dir: &DataDir,
+    node: NodeId,
 ) -> anyhow::Result<()> {
     let storage = database.storage.clone();
     let metrics = Arc::new(Metrics::default());
-    let last_batch = storage
-        .register_node(&node)
-        .await
-        .context("cannot register this node in PostgreSQL")?;
+    let (claim, progress) = storage.claim_node(&node).await?;
+    let owner = Owner {
+        node: node.clone(),
+        incarnation: claim.incarnation().to_owned(),
+    };
 
+    // The journal is opened whenever one exists, whatever the mode, so that a node switched
+    // to `--durability memory` or `--mode sync` after a crash still replays it.
+    let journal_dir = data_dir.path().join("journal");
+    let (journal, recovered, open_seq) = if config.uses_journal() || journal_dir.exists() {
+        let mut options = JournalOptions::new(journal_dir);
+        options.fsync_seconds = Some(metrics.journal_fsync_duration.clone());
+        let r = tokio::task::spawn_blocking(move || recovery::open_journal(options, progress))
+            .await??;
+        log_recovery(&r, progress);
+        (Some(r.journal), r.batches, r.next_open)
+    } else {
+        (None, Vec::new(), progress + 1)
+    };
+
+    let pending = Arc::new(PendingDeltas::new(
+        open_seq,
+        usize::try_from(config.max_pending_keys).unwrap_or(usize::MAX),
+    ));
+    let flush_state = Arc::new(FlushState::new(pending));
+    let flusher = Flusher::new(
+        flush_state.clone(),
+        storage.clone(),
+        owner,
+        config.flush_interval,
+        open_seq,
+        journal.clone(),
+        metrics.clone(),
+    );
+    replay(&flusher, recovered, &shutdown).await?;
+
+    // The journal takes appends only in buffered journal mode; otherwise it was opened for
+    // recovery alone.
+    let appends = journal.clone().filter(|_| config.uses_journal());
     let (ingest, flush, flusher) = match config.mode {
         Mode::Sync => (Ingest::Sync(storage.clone()), None, None),
         Mode::Buffered => {
-            let open_seq = last_batch + 1;
-            let pending = Arc::new(PendingDeltas::new(open_seq, MAX_PENDING_KEYS));
-            let state = Arc::new(FlushState::new(pending));
-            let flusher = Flusher::new(
-                state.clone(),
-                storage.clone(),
-                node.clone(),
-                config.flush_interval,
-                open_seq,
-                metrics.clone(),
-            );
             let ingest = Ingest::Buffered(Buffered {
-                flush: state.clone(),
+                flush: flush_state.clone(),
                 storage: storage.clone(),
                 node: node.clone(),
                 metrics: metrics.clone(),
+                journal: appends.clone(),
+                max_journal_bytes: config.max_journal_bytes,
             });
-            (ingest, Some(state), Some(flusher))
+            (ingest, Some(flush_state), Some(flusher))
         }
     };
-
     let stop_flusher = CancellationToken::new();
-    let flusher =
-        flusher.map(|f| tokio::spawn(f.run(stop_flusher.clone(), shutdown.forced_token())));
+    let flusher = flusher.map(|f| {
+        let (stop, shutdown) = (stop_flusher.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let end = f.run(stop, shutdown.forced_token()).await;
+            if end == FlushEnd::Fenced {
+                // Nothing accepted from now on could be written: stop serving at once.
+                shutdown.force();
+            }
+            end
+        })
+    });
 
     let state = Arc::new(AppState {
         ingest,
@@ -92,9 +125,15 @@ async fn run(
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         max_batch: config.max_batch as usize,
         sync_mode: config.mode == Mode::Sync,
-        readiness: Readiness::new(shutdown.requested_token(), storage.clone(), flush.clone()),
+        readiness: Readiness::new(
+            shutdown.requested_token(),
+            storage.clone(),
+            flush.clone(),
+            appends.clone(),
+        ),
         metrics,
         flush,
+        journal: appends,
     });
 
     tracing::info!(
@@ -104,7 +143,7 @@ async fn run(
         mode = %config.mode,
         durability = %match config.mode {
             Mode::Sync => "none (each request is committed before its answer)".to_owned(),
-            Mode::Buffered => Durability::Memory.to_string(),
+            Mode::Buffered => config.durability.to_string(),
         },
         flush_interval = %humantime::format_duration(config.flush_interval),
         "tally is serving"
@@ -112,19 +151,70 @@ async fn run(
 
     let served = serve_http(listener, router(state), &shutdown).await;
 
+    let mut ended = Ok(());
     if let Some(flusher) = flusher {
         stop_flusher.cancel();
-        match flusher.await.context("the flusher task failed")? {
-            FlushEnd::Drained => {
-                tracing::info!("final flush done: PostgreSQL has every acknowledged increment")
-            }
-            FlushEnd::Abandoned { keys } => tracing::error!(
-                keys,
-                "shutdown forced while PostgreSQL was failing: pending increments of this many keys were NOT written and are lost"
-            ),
-        }
+        ended = report_end(flusher.await.context("the flusher task failed")?);
     }
-    served
+    if let Some(journal) = journal {
+        let closed = tokio::task::spawn_blocking(move || journal.close()).await?;
+        closed.context("cannot close the journal")?;
+    }
+    drop(claim);
+    served.and(ended)
+}
+
+/// Writes the recovered batches before anything else is accepted.
+async fn replay(
+    flusher: &Flusher,
+    batches: Vec<FlushBatch>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let keys: usize = batches.iter().map(|b| b.deltas.len()).sum();
+    let first = batches[0].seq;
+    let last = batches[batches.len() - 1].seq;
+    match flusher.replay(batches, &shutdown.forced_token()).await {
+        Ok(()) => {
+            tracing::info!(first, last, keys, "replayed the journal into PostgreSQL");
+            Ok(())
+        }
+        Err(end) => report_end(end).and(Err(anyhow::anyhow!("recovery did not finish"))),
+    }
+}
+
+fn log_recovery(r: &recovery::Recovered, progress: BatchSeq) {
+    if let Some(torn) = &r.report.torn_tail {
+        tracing::warn!(%torn, "the journal ended in a torn record (a crash while writing it); it was cut off and everything before it is kept");
+    }
+    tracing::info!(
+        segments = r.report.segments,
+        records = r.report.records,
+        postgres_progress = progress,
+        batches_to_replay = r.batches.len(),
+        "opened the journal"
+    );
+}
+
+fn report_end(end: FlushEnd) -> anyhow::Result<()> {
+    match end {
+        FlushEnd::Drained => {
+            tracing::info!("final flush done: PostgreSQL has every acknowledged increment");
+            Ok(())
+        }
+        FlushEnd::Abandoned { keys } => {
+            tracing::error!(
+                keys,
+                "shutdown forced while PostgreSQL was failing: pending increments of this many keys were not written (with the journal, the next start replays them)"
+            );
+            Ok(())
+        }
+        FlushEnd::Fenced => Err(anyhow::anyhow!(
+            "another process took this node id over; this process stopped writing"
+        )),
+    }
 }
 
 /// Serves until a shutdown is requested, then lets in-flight requests finish (up to

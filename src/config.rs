@@ -38,6 +38,8 @@ enum CliCommand {
     Serve(ServeConfig),
     /// Apply the database migrations and exit.
     Migrate(MigrateConfig),
+    /// Load a Tally node with increments and check the totals it keeps in PostgreSQL.
+    Load(crate::load::LoadConfig),
 }
 
 /// What the command line asked for, fully resolved.
@@ -45,6 +47,7 @@ enum CliCommand {
 pub enum Command {
     Serve(ServeConfig),
     Migrate(MigrateConfig),
+    Load(crate::load::LoadConfig),
 }
 
 /// Settings shared by every subcommand that reaches the database.
@@ -90,9 +93,9 @@ pub struct ServeConfig {
           value_parser = parse_flush_interval, value_name = "DURATION")]
     pub flush_interval: Duration,
 
-    /// `journal` is not available yet; `memory` acknowledges from memory (a crash loses at
-    /// most one flush interval).
-    #[arg(long, env = "TALLY_DURABILITY", value_enum, default_value_t = Durability::Memory)]
+    /// `journal`: an increment is acknowledged once it is in the local journal on disk.
+    /// `memory`: acknowledged from memory; a crash loses up to one flush interval.
+    #[arg(long, env = "TALLY_DURABILITY", value_enum, default_value_t = Durability::Journal)]
     pub durability: Durability,
 
     /// `buffered` answers at once and flushes in batches; `sync` writes each request to
@@ -114,10 +117,20 @@ pub struct ServeConfig {
           value_name = "BOOL")]
     pub allow_negative: bool,
 
-    /// Largest accepted request body in bytes.
-    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 65536,
-          value_parser = clap::value_parser!(u64).range(64..=64 * 1024 * 1024), value_name = "BYTES")]
+    /// Largest accepted request body (64 bytes to 64MiB; e.g. `65536`, `1MiB`).
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value = "65536",
+          value_parser = parse_body_size, value_name = "SIZE")]
     pub max_body_bytes: u64,
+
+    /// Most keys held in memory waiting for PostgreSQL; past it, new keys get 503.
+    #[arg(long, env = "TALLY_MAX_PENDING_KEYS", default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_pending_keys: u64,
+
+    /// Most bytes of journal on disk (e.g. `4GiB`, `500MB`); past it, increments get 503.
+    #[arg(long, env = "TALLY_MAX_JOURNAL_BYTES", default_value = "4GiB",
+          value_parser = parse_journal_size, value_name = "SIZE")]
+    pub max_journal_bytes: u64,
 
     /// Most items in one `POST /increments` request.
     #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 1000,
@@ -228,6 +241,27 @@ fn parse_flush_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A size in bytes, with or without a unit (`1048576`, `1MiB`, `500MB`), within `range`.
+fn parse_size(s: &str, range: std::ops::RangeInclusive<u64>, bounds: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = s
+        .parse()
+        .map_err(|e| format!("{e} (examples: 65536, 1MiB, 500MB)"))?;
+    let n = size.as_u64();
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be {bounds}"))
+    }
+}
+
+fn parse_body_size(s: &str) -> Result<u64, String> {
+    parse_size(s, 64..=64 << 20, "between 64 bytes and 64MiB")
+}
+
+fn parse_journal_size(s: &str) -> Result<u64, String> {
+    parse_size(s, 1 << 20..=u64::MAX, "at least 1MiB")
+}
+
 fn parse_node_id(s: &str) -> Result<String, String> {
     crate::node::validate_node_id(s).map(|()| s.to_owned())
 }
@@ -255,6 +289,7 @@ where
     let config_file = match &first.command {
         Some(CliCommand::Migrate(m)) => m.config.clone(),
         Some(CliCommand::Serve(s)) => s.config.clone(),
+        Some(CliCommand::Load(_)) => None,
         None => first.serve.config.clone(),
     };
     let cli = match config_file {
@@ -267,6 +302,7 @@ where
     Ok(match cli.command {
         Some(CliCommand::Migrate(m)) => Command::Migrate(m),
         Some(CliCommand::Serve(s)) => Command::Serve(s),
+        Some(CliCommand::Load(l)) => Command::Load(l),
         None => Command::Serve(cli.serve),
     })
 }
@@ -376,14 +412,10 @@ impl ServeConfig {
         }
     }
 
-    /// Rules that involve more than one setting.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        if self.durability == Durability::Journal && self.mode == Mode::Buffered {
-            return Err(ConfigError(
-                "--durability journal is not available yet; use --durability memory".into(),
-            ));
-        }
-        Ok(())
+    /// Whether increments go through the local journal: buffered mode with journal
+    /// durability. Sync mode commits each request to PostgreSQL before answering instead.
+    pub fn uses_journal(&self) -> bool {
+        self.mode == Mode::Buffered && self.durability == Durability::Journal
     }
 }
 
@@ -396,7 +428,7 @@ mod tests {
         all.extend_from_slice(args);
         match load_from(all)? {
             Command::Serve(s) => Ok(s),
-            Command::Migrate(_) => panic!("expected serve"),
+            other => panic!("expected serve, got {other:?}"),
         }
     }
 
@@ -410,6 +442,9 @@ mod tests {
         assert!(!s.allow_negative);
         assert_eq!(s.max_body_bytes, 65536);
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.durability, Durability::Journal);
+        assert_eq!(s.max_pending_keys, 10_000_000);
+        assert_eq!(s.max_journal_bytes, 4 << 30);
         assert_eq!(s.database.data_dir, PathBuf::from("./tally-data"));
     }
 
@@ -430,6 +465,24 @@ mod tests {
         }
         assert!(serve(&["--flush-interval", "10ms"]).is_ok());
         assert!(serve(&["--flush-interval", "10s"]).is_ok());
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(
+            serve(&["--max-journal-bytes", "500MiB"])
+                .unwrap()
+                .max_journal_bytes,
+            500 << 20
+        );
+        assert_eq!(
+            serve(&["--max-journal-bytes", "2GB"])
+                .unwrap()
+                .max_journal_bytes,
+            2_000_000_000
+        );
+        assert!(serve(&["--max-journal-bytes", "12"]).is_err(), "too small");
+        assert!(serve(&["--max-journal-bytes", "lots"]).is_err());
     }
 
     #[test]
@@ -482,7 +535,7 @@ mod tests {
         let p = path.to_str().unwrap();
         match load_from(["tally", "migrate", "--config", p]).unwrap() {
             Command::Migrate(m) => assert_eq!(m.database.data_dir, PathBuf::from("/srv/tally")),
-            Command::Serve(_) => panic!("expected migrate"),
+            other => panic!("expected migrate, got {other:?}"),
         }
     }
 

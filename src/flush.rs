@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
 use crate::pending::{BatchSeq, PendingDeltas};
@@ -37,6 +38,16 @@ pub struct FlushBatch {
 }
 
 impl FlushBatch {
+    /// A batch of `deltas` in any order, each key once.
+    pub fn new(seq: BatchSeq, opened_at: Instant, mut deltas: Vec<(Box<str>, i64)>) -> Self {
+        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        FlushBatch {
+            seq,
+            opened_at,
+            deltas,
+        }
+    }
+
     fn delta(&self, key: &str) -> Option<i64> {
         self.deltas
             .binary_search_by(|(k, _)| (**k).cmp(key))
@@ -112,25 +123,23 @@ impl FlushState {
     fn cut(&self, next: BatchSeq) -> Option<Arc<FlushBatch>> {
         let mut in_flight = lock(&self.in_flight);
         debug_assert!(in_flight.is_none(), "one batch in flight at a time");
-        let mut deltas = self.pending.cut(next);
+        let deltas = self.pending.cut(next);
         let opened_at = std::mem::replace(&mut *lock(&self.open_since), Instant::now());
         if deltas.is_empty() {
             return None;
         }
-        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let batch = Arc::new(FlushBatch {
-            seq: next - 1,
-            opened_at,
-            deltas,
-        });
+        let batch = Arc::new(FlushBatch::new(next - 1, opened_at, deltas));
         *in_flight = Some(batch.clone());
         Some(batch)
     }
 
     /// Forgets the batch in flight: PostgreSQL has it.
     fn settle(&self, batch: &FlushBatch) {
-        *lock(&self.in_flight) = None;
-        self.pending.release(batch.deltas.len());
+        let mut in_flight = lock(&self.in_flight);
+        if in_flight.as_ref().is_some_and(|b| b.seq == batch.seq) {
+            *in_flight = None;
+            self.pending.release(batch.deltas.len());
+        }
     }
 }
 
@@ -142,11 +151,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Flusher {
     state: Arc<FlushState>,
     storage: Storage,
-    node: NodeId,
+    owner: Owner,
     interval: Duration,
     /// The number of the open batch.
     open_seq: BatchSeq,
+    /// Told which batches PostgreSQL has, so that it can drop their segments.
+    journal: Option<Journal>,
     metrics: Arc<Metrics>,
+}
+
+/// Who writes: the node id and this process's claim on it.
+#[derive(Clone)]
+pub struct Owner {
+    pub node: NodeId,
+    pub incarnation: String,
 }
 
 /// How a flusher's run ended.
@@ -156,6 +174,15 @@ pub enum FlushEnd {
     Drained,
     /// Told to give up while PostgreSQL was failing; this many keys were not written.
     Abandoned { keys: usize },
+    /// Another process took the node id over; this one stopped writing.
+    Fenced,
+}
+
+/// The outcome of writing one batch.
+enum Written {
+    Committed,
+    Aborted,
+    Fenced,
 }
 
 impl Flusher {
@@ -163,19 +190,46 @@ impl Flusher {
     pub fn new(
         state: Arc<FlushState>,
         storage: Storage,
-        node: NodeId,
+        owner: Owner,
         interval: Duration,
         open_seq: BatchSeq,
+        journal: Option<Journal>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Flusher {
             state,
             storage,
-            node,
+            owner,
             interval,
             open_seq,
+            journal,
             metrics,
         }
+    }
+
+    /// Writes batches recovered from the journal, in order, before anything new. An error
+    /// says how the node must end instead of serving.
+    pub async fn replay(
+        &self,
+        batches: Vec<FlushBatch>,
+        abort: &CancellationToken,
+    ) -> Result<(), FlushEnd> {
+        for batch in batches {
+            debug_assert!(
+                batch.seq < self.open_seq,
+                "recovered batches precede the open one"
+            );
+            match self.write(&batch, abort).await {
+                Written::Committed => {}
+                Written::Aborted => {
+                    return Err(FlushEnd::Abandoned {
+                        keys: batch.deltas.len(),
+                    });
+                }
+                Written::Fenced => return Err(FlushEnd::Fenced),
+            }
+        }
+        Ok(())
     }
 
     /// Flushes every interval until `stop` is cancelled, then flushes once more so that
@@ -190,43 +244,59 @@ impl Flusher {
                 _ = ticker.tick() => false,
                 _ = stop.cancelled() => true,
             };
-            if !self.flush_once(&abort).await {
-                let keys = self.state.pending.keys();
-                return FlushEnd::Abandoned { keys };
-            }
-            if stopping {
-                return FlushEnd::Drained;
+            match self.flush_once(&abort).await {
+                Written::Committed if stopping => return FlushEnd::Drained,
+                Written::Committed => {}
+                Written::Aborted => {
+                    let keys = self.state.pending.keys();
+                    return FlushEnd::Abandoned { keys };
+                }
+                Written::Fenced => return FlushEnd::Fenced,
             }
         }
     }
 
-    /// Cuts the open batch and writes it. Returns false if `abort` ended the retries.
-    async fn flush_once(&mut self, abort: &CancellationToken) -> bool {
+    /// Cuts the open batch and writes it.
+    async fn flush_once(&mut self, abort: &CancellationToken) -> Written {
         let next = self.open_seq + 1;
         let batch = self.state.cut(next);
         self.open_seq = next;
         match batch {
-            None => true,
+            None => Written::Committed,
             Some(batch) => self.write(&batch, abort).await,
         }
     }
 
-    /// Writes one batch, retrying until PostgreSQL has it or `abort` is cancelled.
-    async fn write(&self, batch: &FlushBatch, abort: &CancellationToken) -> bool {
+    /// Writes one batch, retrying until PostgreSQL has it, `abort` is cancelled, or another
+    /// process turns out to own the node id.
+    async fn write(&self, batch: &FlushBatch, abort: &CancellationToken) -> Written {
         let mut backoff = FIRST_BACKOFF;
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
             let result = self
                 .storage
-                .apply_batch(&self.node, batch.seq, &batch.deltas)
+                .apply_batch(
+                    &self.owner.node,
+                    &self.owner.incarnation,
+                    batch.seq,
+                    &batch.deltas,
+                )
                 .await;
             let seconds = started.elapsed().as_secs_f64();
             match result {
                 Ok(outcome) => {
+                    crate::fault::point("after-commit");
                     self.record_success(batch, &outcome, seconds, failures);
                     self.state.settle(batch);
-                    return true;
+                    if let Some(journal) = &self.journal {
+                        journal.committed(batch.seq);
+                    }
+                    return Written::Committed;
+                }
+                Err(e @ StorageError::Fenced(_)) => {
+                    tracing::error!(error = %e, batch = batch.seq, "flush refused; this process stops writing");
+                    return Written::Fenced;
                 }
                 Err(e) => {
                     self.metrics.flush("failed", seconds);
@@ -236,7 +306,7 @@ impl Flusher {
             }
             tokio::select! {
                 _ = tokio::time::sleep(jitter(backoff)) => {}
-                _ = abort.cancelled() => return false,
+                _ = abort.cancelled() => return Written::Aborted,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

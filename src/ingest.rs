@@ -1,8 +1,10 @@
 //! The request path: where a valid increment goes before the client gets its answer.
 //!
-//! In `buffered` mode an increment is added to the [`PendingDeltas`] and acknowledged; no I/O
-//! happens on the way (the flusher writes it to PostgreSQL later). In `sync` mode it is
-//! applied to PostgreSQL in its own transaction first, and the answer carries the new total.
+//! In `buffered` mode an increment is added to the [`PendingDeltas`](crate::pending::PendingDeltas),
+//! which says which batch it landed in; with the journal, a record of it tagged with that batch
+//! is then made durable, and only then is it acknowledged (the flusher writes it to PostgreSQL
+//! later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
+//! to PostgreSQL in its own transaction first, and the answer carries the new total.
 //!
 //! Reads combine PostgreSQL's total with what this node still holds in memory, using the
 //! node's progress row, read in the same snapshot as the total, to count each batch once.
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use crate::flush::FlushState;
 use crate::increment::Increment;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
 use crate::pending::AddError;
@@ -32,9 +35,12 @@ pub enum IngestError {
     /// is the position in a multi-increment request, when known.
     #[error("the total of key {key:?} would leave the signed 64-bit range")]
     OutOfRange { key: String, index: Option<usize> },
-    /// Memory bounds are reached; the client should retry later.
-    #[error("too many keys are pending; retry later")]
+    /// Memory or journal bounds are reached; the client should retry later.
+    #[error("too many increments are waiting for the database; retry later")]
     Full,
+    /// The journal could not make the increment durable; it is not acknowledged.
+    #[error("the journal failed: {0}")]
+    Journal(String),
     /// PostgreSQL failed (sync mode, reads).
     #[error(transparent)]
     Storage(StorageError),
@@ -54,6 +60,10 @@ pub struct Buffered {
     pub storage: Storage,
     pub node: NodeId,
     pub metrics: Arc<Metrics>,
+    /// With `--durability journal`.
+    pub journal: Option<Journal>,
+    /// Past this many bytes of journal, increments are refused.
+    pub max_journal_bytes: u64,
 }
 
 impl Ingest {
@@ -61,8 +71,16 @@ impl Ingest {
     pub async fn increment(&self, inc: &Increment<'_>) -> Result<Receipt, IngestError> {
         match self {
             Ingest::Buffered(b) => {
-                if let Err(e) = b.flush.pending().add(inc.key(), inc.value()) {
-                    return Err(b.refuse(e, inc.key(), None));
+                b.check_journal()?;
+                let batch = match b.flush.pending().add(inc.key(), inc.value()) {
+                    Ok(batch) => batch,
+                    Err(e) => return Err(b.refuse(e, inc.key(), None)),
+                };
+                if let Some(journal) = &b.journal
+                    && let Err(e) = journal.append_one(batch, inc.key(), inc.value()).await
+                {
+                    b.flush.pending().undo(inc.key(), inc.value(), batch);
+                    return Err(IngestError::Journal(e.to_string()));
                 }
                 b.metrics.increments_accepted.inc();
                 Ok(Receipt::Buffered)
@@ -78,10 +96,27 @@ impl Ingest {
     pub async fn increment_all(&self, incs: &[Increment<'_>]) -> Result<(), IngestError> {
         match self {
             Ingest::Buffered(b) => {
+                b.check_journal()?;
                 let items: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
-                if let Err((index, e)) = b.flush.pending().add_all(&items) {
-                    let key = index.map_or("", |i| incs[i].key());
-                    return Err(b.refuse(e, key, index));
+                let batches = match b.flush.pending().add_all(&items) {
+                    Ok(batches) => batches,
+                    Err((index, e)) => {
+                        let key = index.map_or("", |i| incs[i].key());
+                        return Err(b.refuse(e, key, index));
+                    }
+                };
+                if let Some(journal) = &b.journal {
+                    let records: Vec<(u64, &str, i64)> = batches
+                        .iter()
+                        .zip(&items)
+                        .map(|(&batch, &(key, value))| (batch, key, value))
+                        .collect();
+                    if let Err(e) = journal.append(&records).await {
+                        for &(batch, key, value) in &records {
+                            b.flush.pending().undo(key, value, batch);
+                        }
+                        return Err(IngestError::Journal(e.to_string()));
+                    }
                 }
                 b.metrics.increments_accepted.inc_by(incs.len() as u64);
                 Ok(())
@@ -125,6 +160,24 @@ impl Ingest {
 }
 
 impl Buffered {
+    /// Refuses new increments once the journal has failed or is at its bound: a failed
+    /// journal cannot make anything durable, and a full one waits for PostgreSQL to drain it.
+    fn check_journal(&self) -> Result<(), IngestError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        if journal.has_failed() {
+            return Err(IngestError::Journal(
+                "an earlier write or fsync failed".into(),
+            ));
+        }
+        if journal.bytes() >= self.max_journal_bytes {
+            self.metrics.reject("journal_full");
+            return Err(IngestError::Full);
+        }
+        Ok(())
+    }
+
     fn refuse(&self, e: AddError, key: &str, index: Option<usize>) -> IngestError {
         match e {
             AddError::Overflow => {

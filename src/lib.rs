@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod fault;
 pub mod flush;
 pub mod http;
 pub mod increment;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod pending;
 pub mod readiness;
+pub mod recovery;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
@@ -28,6 +30,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     let refused = e.chain().any(|cause| {
         cause.is::<config::ConfigError>()
             || cause.is::<node::DataDirError>()
+            || matches!(
+                cause.downcast_ref::<storage::StorageError>(),
+                Some(storage::StorageError::NodeInUse(_))
+            )
             || matches!(
                 cause.downcast_ref::<storage::managed::ManagedError>(),
                 Some(storage::managed::ManagedError::NotInstalled { .. })

@@ -40,6 +40,11 @@ fn main() -> ExitCode {
                 database.close().await;
                 Ok(())
             }
+            Command::Load(config) => {
+                // The report goes to stdout; logging is for errors only.
+                telemetry::init(tally::config::LogFormat::Text);
+                tally::load::run(config).await.map(|_report| ())
+            }
         }
     });
     match result {

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub pending_keys: Gauge,
     /// Age of the oldest increment PostgreSQL does not have yet (set when scraped).
     pub oldest_unpersisted_age: Gauge<f64, AtomicU64>,
+    /// Bytes of journal on disk (set when scraped).
+    pub journal_bytes: Gauge,
+    /// Seconds one journal fdatasync took.
+    pub journal_fsync_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -52,6 +56,8 @@ impl Default for Metrics {
             flushed_rows: Counter::default(),
             pending_keys: Gauge::default(),
             oldest_unpersisted_age: Gauge::default(),
+            journal_bytes: Gauge::default(),
+            journal_fsync_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
         };
         m.register_all()
     }
@@ -96,6 +102,18 @@ impl Metrics {
             "Age of the oldest acknowledged increment not yet in PostgreSQL",
             Unit::Seconds,
             self.oldest_unpersisted_age.clone(),
+        );
+        r.register_with_unit(
+            "journal",
+            "Bytes of journal segments on disk",
+            Unit::Bytes,
+            self.journal_bytes.clone(),
+        );
+        r.register_with_unit(
+            "journal_fsync_duration",
+            "Duration of one journal fdatasync (one per group of requests)",
+            Unit::Seconds,
+            self.journal_fsync_duration.clone(),
         );
         self
     }

@@ -173,6 +173,25 @@ impl PendingDeltas {
         Ok(batches)
     }
 
+    /// Takes back an add whose acknowledgement failed (its journal record could not be made
+    /// durable), provided its batch is still open. Returns false when the batch was cut in
+    /// the meantime: the add will reach PostgreSQL and its outcome is unknown to the client.
+    pub fn undo(&self, key: &str, delta: i64, batch: BatchSeq) -> bool {
+        let (hash, shard) = self.locate(key);
+        let mut shard = lock(&self.shards[shard]);
+        if shard.batch != batch {
+            return false;
+        }
+        match shard.deltas.find_mut(hash, |(k, _)| **k == *key) {
+            // Cannot overflow: it reverses an add made to this same sum.
+            Some((_, sum)) => {
+                *sum -= delta;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn mark_dirty(&self) {
         // Read first: the flag is almost always set already, and a read keeps the cache line
         // shared between cores instead of bouncing it.
@@ -266,6 +285,21 @@ mod tests {
         assert_eq!(p.keys(), 3, "cut keys count until released");
         p.release(2);
         assert_eq!(p.keys(), 1);
+    }
+
+    #[test]
+    fn an_add_can_be_taken_back_while_its_batch_is_open() {
+        let p = PendingDeltas::new(1, 100);
+        p.add("k", 5).unwrap();
+        let batch = p.add("k", 3).unwrap();
+        assert!(p.undo("k", 3, batch));
+        assert_eq!(p.get("k"), Some((5, 1)));
+        let batch = p.add("k", 2).unwrap();
+        p.cut(2);
+        assert!(
+            !p.undo("k", 2, batch),
+            "a cut batch is on its way to PostgreSQL"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::flush::FlushState;
+use crate::journal::Journal;
 use crate::storage::Storage;
 
 /// The hard freshness bound of DESIGN.md: past it, the node reports itself not ready.
@@ -22,6 +23,8 @@ pub enum NotReady {
     ShuttingDown,
     #[error("the database is unreachable: {0}")]
     Database(String),
+    #[error("the journal failed; this node cannot make increments durable")]
+    JournalFailed,
     #[error("the oldest unpersisted increment is {:.1}s old (bound: {}s)", .0.as_secs_f64(), FRESHNESS_BOUND.as_secs())]
     Stale(Duration),
 }
@@ -31,25 +34,32 @@ pub struct Readiness {
     shutting_down: CancellationToken,
     storage: Storage,
     flush: Option<Arc<FlushState>>,
+    journal: Option<Journal>,
 }
 
 impl Readiness {
-    /// `flush` is `None` in sync mode, where nothing is ever unpersisted.
+    /// `flush` is `None` in sync mode, where nothing is ever unpersisted; `journal` is `None`
+    /// unless increments go through one.
     pub fn new(
         shutting_down: CancellationToken,
         storage: Storage,
         flush: Option<Arc<FlushState>>,
+        journal: Option<Journal>,
     ) -> Self {
         Readiness {
             shutting_down,
             storage,
             flush,
+            journal,
         }
     }
 
     pub async fn check(&self) -> Result<(), NotReady> {
         if self.shutting_down.is_cancelled() {
             return Err(NotReady::ShuttingDown);
+        }
+        if self.journal.as_ref().is_some_and(Journal::has_failed) {
+            return Err(NotReady::JournalFailed);
         }
         if let Some(flush) = &self.flush {
             let age = flush.oldest_unpersisted_age();

@@ -563,15 +563,7 @@ async fn a_total_that_would_overflow_in_postgres_never_blocks_other_keys() {
     assert_eq!(rejected[0].get::<_, i64>(1), 1);
     assert_eq!(rejected[0].get::<_, String>(2), "total_out_of_range");
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"tally_increments_rejected_total{reason="total_out_of_range"} 1"#),
         "{metrics}"

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::app::{TestApp, db_totals};
-use common::postgres::{TestDatabase, dedicated_cluster};
+use common::postgres::dedicated_cluster;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -137,10 +137,7 @@ async fn reading_totals_while_flushing_never_counts_a_batch_twice_or_not_at_all(
 #[tokio::test]
 async fn a_failed_flush_keeps_its_deltas_until_the_database_returns() {
     let cluster = dedicated_cluster();
-    let db = TestDatabase {
-        url: cluster.connection_string("tally"),
-        name: "tally".into(),
-    };
+    let db = cluster.database();
     let app = TestApp::spawn_on(db.clone(), tempfile::tempdir().unwrap(), &[]).await;
     assert_eq!(app.increment("a", 1).await, StatusCode::ACCEPTED);
     app.wait_for_totals("the first flush", |t| t == [("a".to_owned(), 1)])

@@ -162,7 +162,8 @@ fn invalid_configuration_exits_2_with_one_clear_line() {
         ),
         (&[], &[("TALLY_MAX_BODY_BYTES", "lots")], "--max-body-bytes"),
         (&["--listen", "nowhere"], &[], "--listen"),
-        (&["--durability", "journal"], &[], "journal"),
+        (&["--durability", "disk"], &[], "--durability"),
+        (&["--max-journal-bytes", "1kB"], &[], "at least 1MiB"),
     ];
     for (args, envs, expected) in cases {
         let mut cmd = tally_command();

@@ -227,6 +227,13 @@ impl From<IngestError> for ApiError {
                 "overloaded",
                 "too many increments are waiting for the database; retry later",
             ),
+            IngestError::Journal(why) => {
+                tracing::error!(error = %why, "increment refused: the journal cannot make it durable");
+                ApiError::unavailable(
+                    "journal_failed",
+                    "the node cannot make increments durable; retry on another node",
+                )
+            }
             IngestError::Storage(e) => {
                 tracing::warn!(error = %e, "request failed on the database");
                 ApiError::unavailable(

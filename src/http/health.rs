@@ -37,6 +37,7 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Val
                 NotReady::ShuttingDown => "shutting_down",
                 NotReady::Database(_) => "database_unavailable",
                 NotReady::Stale(_) => "stale",
+                NotReady::JournalFailed => "journal_failed",
             };
             Err(ApiError::unavailable(code, reason.to_string()))
         }

@@ -23,6 +23,9 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
         m.oldest_unpersisted_age
             .set(flush.oldest_unpersisted_age().as_secs_f64());
     }
+    if let Some(journal) = &state.journal {
+        m.journal_bytes.set(journal.bytes() as i64);
+    }
     (
         [(
             CONTENT_TYPE,

@@ -18,6 +18,7 @@ use axum::Router;
 use crate::flush::FlushState;
 use crate::increment::ValidationRules;
 use crate::ingest::Ingest;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use error::ApiError;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The flush path's state, in buffered mode.
     pub flush: Option<Arc<FlushState>>,
+    /// The journal, with `--durability journal`.
+    pub journal: Option<Journal>,
 }
 
 /// The whole API.

@@ -60,9 +60,13 @@ impl Storage {
     /// skipped.
     ///
     /// `deltas` must be sorted by key, each key once.
+    ///
+    /// `incarnation` is this process's claim on the node id; should another process have
+    /// taken the id over, the batch is refused with [`StorageError::Fenced`].
     pub async fn apply_batch(
         &self,
         node: &NodeId,
+        incarnation: &str,
         seq: BatchSeq,
         deltas: &[(Box<str>, i64)],
     ) -> Result<BatchOutcome, StorageError> {
@@ -71,9 +75,10 @@ impl Storage {
             "sorted, unique keys"
         );
         let mut client = self.pool.get().await?;
-        match apply_batch_in(&mut client, node, seq, deltas, false).await {
+        let owner = Owner { node, incarnation };
+        match apply_batch_in(&mut client, &owner, seq, deltas, false).await {
             Err(StorageError::OutOfRange { .. }) => {
-                apply_batch_in(&mut client, node, seq, deltas, true).await
+                apply_batch_in(&mut client, &owner, seq, deltas, true).await
             }
             other => other,
         }
@@ -156,24 +161,34 @@ impl Storage {
     }
 }
 
+/// The node a batch belongs to and the process that may write it.
+struct Owner<'a> {
+    node: &'a NodeId,
+    incarnation: &'a str,
+}
+
 async fn apply_batch_in(
     client: &mut deadpool_postgres::Object,
-    node: &NodeId,
+    owner: &Owner<'_>,
     seq: BatchSeq,
     deltas: &[(Box<str>, i64)],
     checked: bool,
 ) -> Result<BatchOutcome, StorageError> {
+    let node = owner.node;
     let tx = client.transaction().await?;
-    // FOR UPDATE: should a twin process flush under the same node id, the two serialise here
-    // and the second sees the first's progress.
-    let progress: i64 = tx
+    // FOR UPDATE: a twin process flushing under the same node id serialises here, and the
+    // incarnation tells which of the two may write.
+    let row = tx
         .query_opt(
-            "SELECT last_batch FROM tally_nodes WHERE node_id = $1 FOR UPDATE",
+            "SELECT last_batch, incarnation FROM tally_nodes WHERE node_id = $1 FOR UPDATE",
             &[&node.as_str()],
         )
         .await?
-        .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?
-        .get(0);
+        .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?;
+    let (progress, incarnation): (i64, Option<&str>) = (row.get(0), row.get(1));
+    if incarnation != Some(owner.incarnation) {
+        return Err(StorageError::Fenced(node.to_string()));
+    }
     if batch_seq(progress) >= seq {
         return Ok(BatchOutcome::default());
     }

@@ -4,6 +4,7 @@
 //! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
 //! a total. The SQL sits next to the function that runs it, in [`counters`] and here.
 
+mod claim;
 mod counters;
 pub mod managed;
 mod migrations;
@@ -14,9 +15,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::node::NodeId;
 use crate::pending::BatchSeq;
 
+pub use claim::NodeClaim;
 pub use counters::{BatchOutcome, Rejected};
 
 /// How long to wait for a connection to open, and for a free one from the pool.
@@ -26,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Storage {
     pool: Pool,
+    /// For connections outside the pool (the node's lock).
+    config: tokio_postgres::Config,
 }
 
 /// A database failure, sorted by what the caller can do about it.
@@ -40,6 +43,12 @@ pub enum StorageError {
     /// The database holds something Tally did not expect (e.g. a missing node row).
     #[error("unexpected database state: {0}")]
     Invariant(String),
+    /// A live process already holds this node id.
+    #[error("node id `{0}` is in use by a running node (two nodes must not share a node id)")]
+    NodeInUse(String),
+    /// Another process took this node id over: this one must not flush.
+    #[error("node id `{0}` was taken over by another process; this process may not flush")]
+    Fenced(String),
 }
 
 impl From<tokio_postgres::Error> for StorageError {
@@ -115,7 +124,7 @@ impl Storage {
             config.application_name("tally");
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -128,7 +137,7 @@ impl Storage {
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        Ok(Storage { pool })
+        Ok(Storage { pool, config })
     }
 
     /// Applies the embedded migrations (see [`migrations`]).
@@ -142,25 +151,6 @@ impl Storage {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
-    }
-
-    /// Makes sure the node has its progress row and returns the last batch PostgreSQL applied
-    /// for it (0 for a new node).
-    pub async fn register_node(&self, node: &NodeId) -> Result<BatchSeq, StorageError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
-                &[&node.as_str()],
-            )
-            .await?;
-        let row = client
-            .query_one(
-                "SELECT last_batch FROM tally_nodes WHERE node_id = $1",
-                &[&node.as_str()],
-            )
-            .await?;
-        Ok(batch_seq(row.get(0)))
     }
 
     /// Closes the pool: idle connections are dropped and no new ones are made.

@@ -80,6 +80,16 @@ pub fn dedicated_cluster() -> DedicatedCluster {
     DedicatedCluster { cluster, _dir: dir }
 }
 
+impl DedicatedCluster {
+    /// The cluster's own `tally` database, which it creates when it starts.
+    pub fn database(&self) -> TestDatabase {
+        TestDatabase {
+            url: self.cluster.connection_string("tally"),
+            name: "tally".into(),
+        }
+    }
+}
+
 impl Deref for DedicatedCluster {
     type Target = ManagedPostgres;
 

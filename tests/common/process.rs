@@ -86,6 +86,11 @@ impl TallyProcess {
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill failed");
     }
 
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for tally")
+    }
+
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;

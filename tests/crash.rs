@@ -1,0 +1,448 @@
+//! Crash safety (DESIGN.md sections 1, 5, 6): real processes killed with SIGKILL, a crash
+//! between PostgreSQL's commit and the journal's cleanup, a torn journal tail, a commit whose
+//! answer is lost, PostgreSQL stopped under load, and the memory bounds. The check is always
+//! the ledger's: acknowledged <= total <= acknowledged + unknown, for every key.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::app::{TestApp, db_totals};
+use common::fault_proxy::{FaultProxy, Upstream};
+use common::ledger::{Ledger, Load};
+use common::postgres::{TestDatabase, dedicated_cluster, fresh_database};
+use common::process::TallyProcess;
+use rand::RngExt;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Starts a node and stops it with SIGTERM, which flushes everything it holds.
+fn drain(dir: &Path, db: &TestDatabase) {
+    let mut node = TallyProcess::start(dir, &[], &[("DATABASE_URL", &db.url)]);
+    node.signal(libc::SIGTERM);
+    assert!(
+        node.wait(Duration::from_secs(60)).success(),
+        "{}",
+        node.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::default();
+    // Several lives, each killed at a different moment of its load and its flush cycle.
+    for life in 0..4 {
+        let mut node = TallyProcess::start(
+            dir.path(),
+            &["--flush-interval", "100ms"],
+            &[("DATABASE_URL", &db.url)],
+        );
+        let load = Load::start(node.url("/increment"), 8, 40, "k");
+        let run_for = Duration::from_millis(rand::rng().random_range(300..1200));
+        tokio::time::sleep(run_for).await;
+        node.signal(libc::SIGKILL);
+        node.wait(Duration::from_secs(10));
+        let lived = load.stop().await;
+        assert!(
+            lived.acknowledged_total() > 0,
+            "life {life} acknowledged something"
+        );
+        ledger.merge(lived);
+    }
+    drain(dir.path(), &db);
+    let totals = db_totals(&db).await;
+    ledger.check(&totals).unwrap();
+    eprintln!(
+        "acknowledged {}, unknown {}, persisted {}",
+        ledger.acknowledged_total(),
+        ledger.unknown_total(),
+        totals.iter().map(|(_, v)| v).sum::<i64>()
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_journal_cleanup_applies_nothing_twice() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut node = TallyProcess::start(
+        dir.path(),
+        &["--flush-interval", "300ms"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("TALLY_FAULT_POINT", "after-commit"),
+        ],
+    );
+    let mut acked = 0;
+    // Sequential requests: every 202 is acknowledged; the node dies at its first commit.
+    while node.try_wait().is_none() {
+        let sent = http
+            .post(node.url("/increment"))
+            .header("content-type", "application/json")
+            .body(r#"{"key": "once", "value": 1}"#)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == StatusCode::ACCEPTED => acked += 1,
+            _ => break,
+        }
+    }
+    let unknown = 1; // the request in flight when the node died
+    let status = node.wait(Duration::from_secs(10));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(
+        node.log()
+            .contains("fault injection: killing the process at after-commit")
+    );
+    let committed = db_totals(&db).await;
+    assert_eq!(
+        committed.len(),
+        1,
+        "the batch was committed before the crash"
+    );
+
+    // The journal still holds that batch; PostgreSQL's progress row says it is applied, so
+    // only what came after it (acknowledged while it was being written) is replayed.
+    let mut node = TallyProcess::start(dir.path(), &[], &[("DATABASE_URL", &db.url)]);
+    assert!(
+        node.log().contains("\"postgres_progress\":1"),
+        "{}",
+        node.log()
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait(Duration::from_secs(30)).success());
+    let totals = db_totals(&db).await;
+    let total = totals[0].1;
+    assert!(
+        (acked..=acked + unknown).contains(&total),
+        "acknowledged {acked}, unknown {unknown}, total {total}: a batch applied twice would add hundreds"
+    );
+}
+
+/// The newest journal segment that holds records.
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 64)
+        .collect();
+    segments.sort();
+    segments.pop().expect("a journal segment with records")
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_skipped_and_everything_before_it_is_replayed() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut node = TallyProcess::start(
+        dir.path(),
+        &["--flush-interval", "10s"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    for i in 0..10 {
+        let r = http
+            .post(node.url("/increment"))
+            .header("content-type", "application/json")
+            .body(json!({"key": format!("k{i}"), "value": i + 1}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    node.signal(libc::SIGKILL);
+    node.wait(Duration::from_secs(10));
+    assert!(
+        db_totals(&db).await.is_empty(),
+        "nothing was flushed before the crash"
+    );
+
+    // Cut the last record in half, as a crash in the middle of its write would.
+    let segment = last_segment(dir.path());
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+
+    let mut node = TallyProcess::start(dir.path(), &[], &[("DATABASE_URL", &db.url)]);
+    assert!(
+        node.log().contains("torn"),
+        "recovery warns about the torn record:\n{}",
+        node.log()
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait(Duration::from_secs(30)).success());
+    let expected: Vec<(String, i64)> = (0..9).map(|i| (format!("k{i}"), i + 1)).collect();
+    assert_eq!(db_totals(&db).await, expected, "all but the torn record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_under_load_then_back_totals_exact_and_ready_recovers() {
+    let cluster = dedicated_cluster();
+    let db = cluster.database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TallyProcess::start(
+        dir.path(),
+        &["--flush-interval", "100ms"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    let http = reqwest::Client::new();
+    let ready = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(ready(node.url("/ready")).await, StatusCode::OK);
+    let load = Load::start(node.url("/increment"), 4, 30, "k");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    cluster.stop_immediate().unwrap();
+    wait_for_status(&http, &node.url("/ready"), StatusCode::SERVICE_UNAVAILABLE).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_again().unwrap();
+    wait_for_status(&http, &node.url("/ready"), StatusCode::OK).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ledger = load.stop().await;
+    node.signal(libc::SIGTERM);
+    assert!(
+        node.wait(Duration::from_secs(60)).success(),
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        ledger.unknown_total(),
+        0,
+        "the node answered every request: {:?}",
+        ledger.refused
+    );
+    assert_eq!(
+        ledger.refused.len(),
+        0,
+        "no request was refused: {:?}",
+        ledger.refused
+    );
+    let totals = db_totals(&db).await;
+    ledger.check(&totals).unwrap();
+    assert_eq!(
+        totals.iter().map(|(_, v)| v).sum::<i64>(),
+        ledger.acknowledged_total()
+    );
+    let log = node.log();
+    assert_eq!(
+        log.matches("flush failed; retrying").count(),
+        1,
+        "one warning per outage, not one per retry:\n{log}"
+    );
+}
+
+async fn wait_for_status(http: &reqwest::Client, url: &str, want: StatusCode) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status() == want
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_commit_answer_is_resolved_by_the_progress_row() {
+    let db = fresh_database();
+    let proxy = FaultProxy::start(Upstream::of(&db.config())).await;
+    let direct = db.config();
+    let mut through_proxy = tokio_postgres::Config::new();
+    through_proxy
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .user(direct.get_user().unwrap())
+        .dbname(direct.get_dbname().unwrap());
+    if let Some(password) = direct.get_password() {
+        through_proxy.password(password);
+    }
+    let proxied = TestDatabase {
+        url: tally::storage::managed::to_connection_string(&through_proxy),
+        name: db.name.clone(),
+    };
+    let app = TestApp::spawn_on(
+        proxied,
+        tempfile::tempdir().unwrap(),
+        &["--flush-interval", "200ms"],
+    )
+    .await;
+    proxy.arm();
+    for i in 0..20 {
+        assert_eq!(
+            app.increment(&format!("k{}", i % 4), 1).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    // The retry of the batch whose commit answer was lost finds it applied.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = app.metrics().await;
+        if metrics.contains(r#"tally_flushes_total{outcome="already_applied"} 1"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retry found its batch applied:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proxy.dropped_commits(),
+        1,
+        "exactly one commit answer was lost"
+    );
+    app.stop().await.unwrap();
+    assert_eq!(
+        db_totals(&db).await,
+        (0..4).map(|i| (format!("k{i}"), 5)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn the_pending_key_bound_answers_503_and_recovers_by_itself() {
+    let cluster = dedicated_cluster();
+    let db = cluster.database();
+    let app = TestApp::spawn_on(
+        db.clone(),
+        tempfile::tempdir().unwrap(),
+        &["--max-pending-keys", "100"],
+    )
+    .await;
+    cluster.stop_immediate().unwrap();
+    for i in 0..100 {
+        assert_eq!(
+            app.increment(&format!("k{i}"), 1).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    let r = app
+        .post_json("/increment", r#"{"key": "k100", "value": 1}"#)
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(
+        app.increment("k7", 1).await,
+        StatusCode::ACCEPTED,
+        "a pending key still takes increments"
+    );
+
+    cluster.start_again().unwrap();
+    app.wait_for_totals("the drained buffer", |t| t.len() == 100)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.increment("k100", 1).await != StatusCode::ACCEPTED {
+        assert!(Instant::now() < deadline, "new keys are accepted again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await.unwrap();
+    let totals = db_totals(&db).await;
+    assert_eq!(totals.len(), 101);
+    assert_eq!(totals.iter().map(|(_, v)| v).sum::<i64>(), 102);
+}
+
+#[tokio::test]
+async fn the_journal_bound_answers_503_and_recovers_by_itself() {
+    let cluster = dedicated_cluster();
+    let db = cluster.database();
+    let app = TestApp::spawn_on(
+        db.clone(),
+        tempfile::tempdir().unwrap(),
+        &[
+            "--max-journal-bytes",
+            "1MiB",
+            "--max-batch",
+            "1000",
+            "--max-body-bytes",
+            "1MiB",
+        ],
+    )
+    .await;
+    cluster.stop_immediate().unwrap();
+    let batch: Vec<_> = (0..1000)
+        .map(|i| json!({"key": format!("key-{i:04}"), "value": 1}))
+        .collect();
+    let body = serde_json::to_string(&batch).unwrap();
+    let mut accepted = 0;
+    let refused = loop {
+        let r = app.post_json("/increments", body.clone()).await;
+        if r.status() != StatusCode::ACCEPTED {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted < 100, "the journal bound never took effect");
+    };
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+
+    cluster.start_again().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.post_json("/increments", body.clone()).await.status() != StatusCode::ACCEPTED {
+        assert!(
+            Instant::now() < deadline,
+            "the journal drained and increments are accepted again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    accepted += 1;
+    app.stop().await.unwrap();
+    let totals = db_totals(&db).await;
+    assert!(
+        totals.iter().all(|(_, v)| *v == accepted),
+        "every accepted batch counted once"
+    );
+}
+
+#[tokio::test]
+async fn a_node_id_in_use_by_a_running_node_is_refused() {
+    let db = fresh_database();
+    let first = TestApp::spawn_on(
+        db.clone(),
+        tempfile::tempdir().unwrap(),
+        &["--node-id", "twin"],
+    )
+    .await;
+    // Another data directory (a copy, say) with the same node id.
+    let out = common::process::tally_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "twin",
+            "--data-dir",
+        ])
+        .arg(tempfile::tempdir().unwrap().path())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("node id `twin` is in use by a running node"),
+        "{stderr}"
+    );
+    assert_eq!(
+        first.increment("k", 1).await,
+        StatusCode::ACCEPTED,
+        "the first node is unaffected"
+    );
+    first.stop().await.unwrap();
+}
