@@ -1,0 +1,228 @@
+//! Times the flush of one batch of many distinct keys, the moment when a node's whole pending
+//! map reaches PostgreSQL at once (after an outage, or at a flush interval on a busy node).
+//!
+//! ```sh
+//! cargo run --release --example flush_bench -- [--keys 1000000] [--key-bytes 36]
+//! ```
+//!
+//! It writes the same keys twice through [`Storage::apply_batch`], as the flusher does: first
+//! as new keys (every row an INSERT), then again as the next batch (every row hits an
+//! existing one and takes the UPDATE path of the upsert), and prints one JSON object with the
+//! seconds and rows per second of each. Then it checks, untimed, that PostgreSQL holds every
+//! key with the value 2, so a fast figure cannot come from a flush that wrote nothing.
+//!
+//! Without `DATABASE_URL` it creates a managed PostgreSQL cluster in a temporary directory,
+//! with Tally's default settings (the same a node runs with), and stops it at the end. With
+//! `DATABASE_URL` it uses that database and deletes its keys and node row afterwards.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use tally::node::DataDir;
+use tally::storage::Storage;
+use tally::storage::managed::{ManagedOptions, ManagedPostgres};
+use tokio_postgres::NoTls;
+
+#[derive(Parser)]
+struct Args {
+    /// Distinct keys in the batch.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: usize,
+    /// Length of each key in bytes (36 is a hyphenated UUID).
+    #[arg(long, default_value_t = 36)]
+    key_bytes: usize,
+}
+
+/// One timed `apply_batch`.
+#[derive(Serialize)]
+struct Timed {
+    seconds: f64,
+    rows_per_sec: f64,
+}
+
+/// What the example prints.
+#[derive(Serialize)]
+struct FlushReport {
+    keys: usize,
+    key_bytes: usize,
+    /// `managed` (a fresh cluster) or `external` (DATABASE_URL).
+    database: &'static str,
+    /// The server's own `version()` string.
+    server_version: String,
+    /// Sorting the batch by key, which the flusher does before writing; not in the figures
+    /// below.
+    sort_seconds: f64,
+    /// First flush: every key new.
+    insert: Timed,
+    /// Second flush of the same keys: every key already in the table.
+    update: Timed,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(
+        (20..=256).contains(&args.key_bytes),
+        "--key-bytes must be 20 to 256 (a run prefix plus a unique number, within Tally's key limit)"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("tally-flush-bench-")
+        .tempdir()?;
+    let external = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty());
+
+    let (pg_config, cluster) = match external {
+        Some(url) => (url.parse().context("invalid DATABASE_URL")?, None),
+        None => {
+            // As root the server runs as `postgres`, which must be able to enter the
+            // directory; tempfile creates it for its owner only.
+            make_traversable(dir.path())?;
+            let options = ManagedOptions::default();
+            let cluster = ManagedPostgres::start(&dir.path().join("postgres"), &options)?;
+            (cluster.config(&options.database), Some(StopOnDrop(cluster)))
+        }
+    };
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(run(&args, pg_config, dir.path(), cluster.is_some()))?;
+    drop(cluster);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Stops the managed cluster when dropped, also on an error or a panic, so that no server
+/// outlives the example or keeps its temporary directory busy.
+struct StopOnDrop(ManagedPostgres);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.stop() {
+            eprintln!("flush_bench: could not stop PostgreSQL: {e}");
+        }
+    }
+}
+
+async fn run(
+    args: &Args,
+    pg_config: tokio_postgres::Config,
+    dir: &std::path::Path,
+    managed: bool,
+) -> anyhow::Result<FlushReport> {
+    let storage = Storage::connect(pg_config.clone(), 2)?;
+    storage.migrate().await?;
+    let data_dir = DataDir::open(&dir.join("node"))?;
+    let node = data_dir.node_id(None)?;
+    let (claim, progress) = storage.claim_node(&node).await?;
+
+    let (deltas, sort_seconds) = distinct_keys(args.keys, args.key_bytes);
+    let insert = timed_flush(&storage, &node, claim.incarnation(), progress + 1, &deltas).await?;
+    let update = timed_flush(&storage, &node, claim.incarnation(), progress + 2, &deltas).await?;
+    drop(claim);
+
+    let (client, connection) = pg_config.connect(NoTls).await?;
+    tokio::spawn(connection);
+    check_totals(&client, &deltas).await?;
+    if !managed {
+        forget(&client, &deltas, node.as_str()).await?;
+    }
+    let server_version: String = client.query_one("SELECT version()", &[]).await?.get(0);
+    storage.close();
+
+    Ok(FlushReport {
+        keys: args.keys,
+        key_bytes: args.key_bytes,
+        database: if managed { "managed" } else { "external" },
+        server_version,
+        sort_seconds,
+        insert,
+        update,
+    })
+}
+
+/// `count` distinct keys of `key_bytes` bytes with delta 1, sorted as the flusher sorts a
+/// batch, and the seconds the sort took. A random run prefix keeps them apart from any other
+/// run's keys in a shared database; the keys are shuffled before the sort, since a pending
+/// map hands them over in hash order.
+fn distinct_keys(count: usize, key_bytes: usize) -> (Vec<(Box<str>, i64)>, f64) {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let prefix = format!("flush-{run}-");
+    let digits = key_bytes - prefix.len();
+    let mut deltas: Vec<(Box<str>, i64)> = (0..count)
+        .map(|i| (format!("{prefix}{i:0>digits$}").into_boxed_str(), 1))
+        .collect();
+    assert!(
+        deltas.iter().all(|(key, _)| key.len() == key_bytes),
+        "{count} keys need more than {digits} digits"
+    );
+    deltas.shuffle(&mut rand::rng());
+    let started = Instant::now();
+    deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    (deltas, started.elapsed().as_secs_f64())
+}
+
+async fn timed_flush(
+    storage: &Storage,
+    node: &tally::node::NodeId,
+    incarnation: &str,
+    seq: u64,
+    deltas: &[(Box<str>, i64)],
+) -> anyhow::Result<Timed> {
+    let started = Instant::now();
+    let outcome = storage.apply_batch(node, incarnation, seq, deltas).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        outcome.applied && outcome.rejected.is_empty(),
+        "batch {seq} was not applied in full: {outcome:?}"
+    );
+    Ok(Timed {
+        seconds,
+        rows_per_sec: deltas.len() as f64 / seconds,
+    })
+}
+
+/// Fails unless every key of the batch is in PostgreSQL with the total of two flushes.
+async fn check_totals(
+    client: &tokio_postgres::Client,
+    deltas: &[(Box<str>, i64)],
+) -> anyhow::Result<()> {
+    let keys: Vec<&str> = deltas.iter().map(|(key, _)| &**key).collect();
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(c.value), 0)::bigint
+             FROM counters c WHERE c.key = ANY($1::text[])",
+            &[&keys],
+        )
+        .await?;
+    let (rows, sum): (i64, i64) = (row.get(0), row.get(1));
+    anyhow::ensure!(
+        rows == deltas.len() as i64 && sum == 2 * deltas.len() as i64,
+        "PostgreSQL holds {rows} of the {} keys with a sum of {sum}, expected 2 per key",
+        deltas.len()
+    );
+    Ok(())
+}
+
+/// Removes what the run wrote to a database that outlives it.
+async fn forget(
+    client: &tokio_postgres::Client,
+    deltas: &[(Box<str>, i64)],
+    node: &str,
+) -> anyhow::Result<()> {
+    let keys: Vec<&str> = deltas.iter().map(|(key, _)| &**key).collect();
+    client
+        .execute("DELETE FROM counters WHERE key = ANY($1::text[])", &[&keys])
+        .await?;
+    client
+        .execute("DELETE FROM tally_nodes WHERE node_id = $1", &[&node])
+        .await?;
+    Ok(())
+}
+
+fn make_traversable(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
