@@ -6,6 +6,11 @@
 
 use tally::pending::PendingDeltas;
 
+// The same allocator as the `tally` binary, so that the figure is the one it pays.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mode, ServeConfig};
 use crate::flush::{FlushBatch, FlushEnd, FlushState, Flusher, Owner};
-use crate::http::{AppState, router};
+use crate::http::{AppState, app};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::JournalOptions;
 use crate::metrics::Metrics;
@@ -99,7 +99,6 @@ async fn run(
                 flush: flush_state.clone(),
                 storage: storage.clone(),
                 node: node.clone(),
-                metrics: metrics.clone(),
                 journal: appends.clone(),
                 max_journal_bytes: config.max_journal_bytes,
             });
@@ -107,17 +106,10 @@ async fn run(
         }
     };
     let stop_flusher = CancellationToken::new();
-    let flusher = flusher.map(|f| {
-        let (stop, shutdown) = (stop_flusher.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let end = f.run(stop, shutdown.forced_token()).await;
-            if end == FlushEnd::Fenced {
-                // Nothing accepted from now on could be written: stop serving at once.
-                shutdown.force();
-            }
-            end
-        })
-    });
+    let flusher = match flusher {
+        Some(f) => Some(f.spawn_thread(stop_flusher.clone(), shutdown.clone())?),
+        None => None,
+    };
 
     let state = Arc::new(AppState {
         ingest,
@@ -131,10 +123,23 @@ async fn run(
             flush.clone(),
             appends.clone(),
         ),
-        metrics,
+        metrics: metrics.clone(),
         flush,
         journal: appends,
+        storage: storage.clone(),
     });
+    metrics
+        .build_info
+        .get_or_create(&crate::metrics::BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            node_id: node.to_string(),
+            mode: config.mode.to_string(),
+            durability: match config.mode {
+                Mode::Sync => "none".to_owned(),
+                Mode::Buffered => config.durability.to_string(),
+            },
+        })
+        .set(1);
 
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -149,12 +154,13 @@ async fn run(
         "tally is serving"
     );
 
-    let served = serve_http(listener, router(state), &shutdown).await;
+    let served = serve_http(listener, app(state, config.access_log), &shutdown).await;
 
     let mut ended = Ok(());
     if let Some(flusher) = flusher {
         stop_flusher.cancel();
-        ended = report_end(flusher.await.context("the flusher task failed")?);
+        let end = tokio::task::spawn_blocking(move || flusher.join()).await?;
+        ended = report_end(end.map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?);
     }
     if let Some(journal) = journal {
         let closed = tokio::task::spawn_blocking(move || journal.close()).await?;
@@ -221,16 +227,17 @@ fn report_end(end: FlushEnd) -> anyhow::Result<()> {
 /// [`DRAIN_TIMEOUT`], or until the shutdown is forced).
 async fn serve_http(
     listener: TcpListener,
-    app: axum::Router,
+    app: crate::http::observe::Observe<axum::Router>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
+    use axum::ServiceExt;
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         // Small answers should leave at once, not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
     });
     let requested = shutdown.requested_token();
-    let server = axum::serve(listener, app)
+    let server = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { requested.cancelled().await });
     let forced = shutdown.forced_token();
     let drain_deadline = async {

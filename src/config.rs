@@ -141,6 +141,12 @@ pub struct ServeConfig {
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Log one line per request (method, route, status, duration, request id).
+    #[arg(long, env = "TALLY_ACCESS_LOG", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub access_log: bool,
+
     /// TOML file with any of these settings (snake_case names, e.g. `flush_interval = "2s"`).
     #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

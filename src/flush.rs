@@ -87,6 +87,17 @@ impl FlushState {
         &self.pending
     }
 
+    /// Bytes of keys and deltas held in memory: the open batch and the one being written.
+    pub fn pending_bytes(&self) -> usize {
+        let in_flight = lock(&self.in_flight).as_ref().map_or(0, |b| {
+            b.deltas
+                .iter()
+                .map(|(k, _)| k.len() + std::mem::size_of::<i64>())
+                .sum()
+        });
+        self.pending.open_bytes() + in_flight
+    }
+
     /// The deltas of `key` that this node holds in memory: at most one in the batch being
     /// written and one in the open batch. A caller that reads PostgreSQL *after* this call
     /// adds those whose batch is above the progress it read there.
@@ -232,6 +243,33 @@ impl Flusher {
         Ok(())
     }
 
+    /// Runs [`Flusher::run`] on a thread of its own, with its own single-threaded runtime and
+    /// its own connection, so that sorting a batch and encoding its statements never hold up
+    /// a request on the runtime that serves HTTP. Should another process take the node id
+    /// over, the shutdown is forced: nothing accepted from then on could be written.
+    pub fn spawn_thread(
+        mut self,
+        stop: CancellationToken,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> std::io::Result<std::thread::JoinHandle<FlushEnd>> {
+        self.storage = self
+            .storage
+            .separate_pool(1)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("tally-flusher".into())
+            .spawn(move || {
+                let end = runtime.block_on(self.run(stop, shutdown.forced_token()));
+                if end == FlushEnd::Fenced {
+                    shutdown.force();
+                }
+                end
+            })
+    }
+
     /// Flushes every interval until `stop` is cancelled, then flushes once more so that
     /// nothing acknowledged before `stop` stays behind. While PostgreSQL fails, it retries;
     /// `abort` makes it give up (for a second Ctrl-C).
@@ -329,7 +367,7 @@ impl Flusher {
             self.metrics.flushed_rows.inc_by(batch.deltas.len() as u64);
         }
         for r in &outcome.rejected {
-            self.metrics.reject("total_out_of_range");
+            self.metrics.reject("total_out_of_range", 1);
             tracing::warn!(
                 key = %r.key, delta = r.delta, batch = batch.seq,
                 "increment rejected: the total would leave the signed 64-bit range"

@@ -93,7 +93,14 @@ pub fn check_key<'a>(key: Cow<'a, str>, format: KeyFormat) -> Result<Cow<'a, str
     if key.len() > MAX_KEY_BYTES {
         return Err(violation("key must be at most 256 bytes of UTF-8"));
     }
-    if key.chars().any(char::is_control) {
+    // Most keys are ASCII: then a byte test is enough (C0 controls and DEL); otherwise every
+    // character is checked, C1 controls included.
+    let has_control = if key.is_ascii() {
+        key.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        key.chars().any(char::is_control)
+    };
+    if has_control {
         return Err(violation("key must not contain control characters"));
     }
     match format {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use crate::flush::FlushState;
 use crate::increment::Increment;
 use crate::journal::Journal;
-use crate::metrics::Metrics;
 use crate::node::NodeId;
 use crate::pending::AddError;
 use crate::storage::{Storage, StorageError};
@@ -35,9 +34,10 @@ pub enum IngestError {
     /// is the position in a multi-increment request, when known.
     #[error("the total of key {key:?} would leave the signed 64-bit range")]
     OutOfRange { key: String, index: Option<usize> },
-    /// Memory or journal bounds are reached; the client should retry later.
-    #[error("too many increments are waiting for the database; retry later")]
-    Full,
+    /// A memory or journal bound is reached (`what` says which); the client should retry
+    /// later.
+    #[error("too many increments are waiting for the database ({what}); retry later")]
+    Full { what: &'static str },
     /// The journal could not make the increment durable; it is not acknowledged.
     #[error("the journal failed: {0}")]
     Journal(String),
@@ -59,7 +59,6 @@ pub struct Buffered {
     pub flush: Arc<FlushState>,
     pub storage: Storage,
     pub node: NodeId,
-    pub metrics: Arc<Metrics>,
     /// With `--durability journal`.
     pub journal: Option<Journal>,
     /// Past this many bytes of journal, increments are refused.
@@ -82,7 +81,6 @@ impl Ingest {
                     b.flush.pending().undo(inc.key(), inc.value(), batch);
                     return Err(IngestError::Journal(e.to_string()));
                 }
-                b.metrics.increments_accepted.inc();
                 Ok(Receipt::Buffered)
             }
             Ingest::Sync(storage) => match storage.increment(inc.key(), inc.value()).await {
@@ -118,7 +116,6 @@ impl Ingest {
                         return Err(IngestError::Journal(e.to_string()));
                     }
                 }
-                b.metrics.increments_accepted.inc_by(incs.len() as u64);
                 Ok(())
             }
             Ingest::Sync(storage) => {
@@ -159,6 +156,19 @@ impl Ingest {
     }
 }
 
+impl IngestError {
+    /// Why the increment was refused, as the metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::OutOfRange { .. } => "total_out_of_range",
+            IngestError::Full { what: "journal" } => "journal_full",
+            IngestError::Full { .. } => "pending_keys_full",
+            IngestError::Journal(_) => "journal_failed",
+            IngestError::Storage(_) => "database_unavailable",
+        }
+    }
+}
+
 impl Buffered {
     /// Refuses new increments once the journal has failed or is at its bound: a failed
     /// journal cannot make anything durable, and a full one waits for PostgreSQL to drain it.
@@ -172,25 +182,20 @@ impl Buffered {
             ));
         }
         if journal.bytes() >= self.max_journal_bytes {
-            self.metrics.reject("journal_full");
-            return Err(IngestError::Full);
+            return Err(IngestError::Full { what: "journal" });
         }
         Ok(())
     }
 
     fn refuse(&self, e: AddError, key: &str, index: Option<usize>) -> IngestError {
         match e {
-            AddError::Overflow => {
-                self.metrics.reject("total_out_of_range");
-                IngestError::OutOfRange {
-                    key: key.to_owned(),
-                    index,
-                }
-            }
-            AddError::Full => {
-                self.metrics.reject("pending_keys_full");
-                IngestError::Full
-            }
+            AddError::Overflow => IngestError::OutOfRange {
+                key: key.to_owned(),
+                index,
+            },
+            AddError::Full => IngestError::Full {
+                what: "pending_keys",
+            },
         }
     }
 }

@@ -61,3 +61,7 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,8 +1,14 @@
 //! Every metric Tally exports, declared in one place, in Prometheus conventions: one `tally_`
-//! prefix, unit suffixes, `_total` counters, small fixed label sets.
+//! prefix, unit suffixes, `_total` counters, small fixed label sets. `docs/operations.md`
+//! says what each one means.
 //!
 //! Each `App` owns its registry (no process-global recorder), so several apps in one test
-//! binary keep their figures apart.
+//! binary keep their figures apart. Metrics touched by every request are resolved to their
+//! label set once, at start ([`RouteMetrics`]), so that the request path pays an atomic
+//! increment, not a label lookup.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +16,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -22,12 +27,41 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub node_id: String,
+    pub mode: String,
+    pub durability: String,
+}
+
 /// The metrics of one app.
 pub struct Metrics {
     registry: Registry,
+    /// HTTP requests answered, by route and status.
+    pub http_requests: Family<RouteStatusLabels, Counter>,
+    /// Seconds from a request's arrival to its answer, by route.
+    pub http_request_duration: Family<RouteLabel, Histogram>,
     /// Increments acknowledged to clients.
     pub increments_accepted: Counter,
-    /// Increments refused after validation (full buffer, out of range, ...), by reason.
+    /// Increments refused, by reason: `invalid` (400 on input), `total_out_of_range`,
+    /// `pending_keys_full`, `journal_full`, `journal_failed`, `database_unavailable`.
     pub increments_rejected: Family<ReasonLabel, Counter>,
     /// Flush attempts by outcome: `applied`, `already_applied` or `failed`.
     pub flushes: Family<OutcomeLabel, Counter>,
@@ -37,27 +71,44 @@ pub struct Metrics {
     pub flushed_rows: Counter,
     /// Keys held in memory waiting for PostgreSQL (set when scraped).
     pub pending_keys: Gauge,
+    /// Bytes of key and delta those keys hold (set when scraped).
+    pub pending_bytes: Gauge,
     /// Age of the oldest increment PostgreSQL does not have yet (set when scraped).
     pub oldest_unpersisted_age: Gauge<f64, AtomicU64>,
     /// Bytes of journal on disk (set when scraped).
     pub journal_bytes: Gauge,
     /// Seconds one journal fdatasync took.
     pub journal_fsync_duration: Histogram,
+    /// PostgreSQL pool connections by state, `idle` or `in_use` (set when scraped).
+    pub db_pool_connections: Family<StateLabel, Gauge>,
+    /// The pool's size limit.
+    pub db_pool_max_connections: Gauge,
+    /// Always 1; the labels say what runs.
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let m = Metrics {
             registry: Registry::with_prefix("tally"),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(|| {
+                // 50 µs to about 3 s: from a buffered increment to a slow sync request.
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
             increments_accepted: Counter::default(),
             increments_rejected: Family::default(),
             flushes: Family::default(),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushed_rows: Counter::default(),
             pending_keys: Gauge::default(),
+            pending_bytes: Gauge::default(),
             oldest_unpersisted_age: Gauge::default(),
             journal_bytes: Gauge::default(),
             journal_fsync_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
+            db_pool_connections: Family::default(),
+            db_pool_max_connections: Gauge::default(),
+            build_info: Family::default(),
         };
         m.register_all()
     }
@@ -67,13 +118,24 @@ impl Metrics {
     fn register_all(mut self) -> Self {
         let r = &mut self.registry;
         r.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            self.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "Time from a request's arrival to its answer, by route",
+            Unit::Seconds,
+            self.http_request_duration.clone(),
+        );
+        r.register(
             "increments_accepted",
             "Increments acknowledged to clients",
             self.increments_accepted.clone(),
         );
         r.register(
             "increments_rejected",
-            "Valid increments refused, by reason",
+            "Increments refused, by reason",
             self.increments_rejected.clone(),
         );
         r.register(
@@ -98,6 +160,12 @@ impl Metrics {
             self.pending_keys.clone(),
         );
         r.register_with_unit(
+            "pending",
+            "Bytes of keys and deltas held in memory waiting for PostgreSQL",
+            Unit::Bytes,
+            self.pending_bytes.clone(),
+        );
+        r.register_with_unit(
             "oldest_unpersisted_increment_age",
             "Age of the oldest acknowledged increment not yet in PostgreSQL",
             Unit::Seconds,
@@ -115,14 +183,29 @@ impl Metrics {
             Unit::Seconds,
             self.journal_fsync_duration.clone(),
         );
+        r.register(
+            "db_pool_connections",
+            "PostgreSQL pool connections, by state",
+            self.db_pool_connections.clone(),
+        );
+        r.register(
+            "db_pool_max_connections",
+            "Most connections the PostgreSQL pool opens",
+            self.db_pool_max_connections.clone(),
+        );
+        r.register(
+            "build_info",
+            "Always 1; the labels name the version, the node and its modes",
+            self.build_info.clone(),
+        );
         self
     }
 
-    /// Counts one refused increment.
-    pub fn reject(&self, reason: &'static str) {
+    /// Counts `n` refused increments.
+    pub fn reject(&self, reason: &'static str, n: u64) {
         self.increments_rejected
             .get_or_create(&ReasonLabel { reason })
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts one flush attempt.
@@ -131,11 +214,55 @@ impl Metrics {
         self.flush_duration.observe(seconds);
     }
 
+    /// The handles of one route, resolved now so that recording costs no lookup.
+    pub fn route(&self, route: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            route,
+            duration: self
+                .http_request_duration
+                .get_or_create(&RouteLabel { route })
+                .clone(),
+            statuses: COMMON_STATUSES.map(|status| {
+                let labels = RouteStatusLabels { route, status };
+                (status, self.http_requests.get_or_create(&labels).clone())
+            }),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The statuses Tally answers with; others are counted too, through a slower lookup.
+const COMMON_STATUSES: [u16; 10] = [200, 202, 400, 404, 405, 408, 413, 415, 429, 503];
+
+/// One route's request counters and latency histogram.
+pub struct RouteMetrics {
+    route: &'static str,
+    duration: Histogram,
+    statuses: [(u16, Counter); COMMON_STATUSES.len()],
+}
+
+impl RouteMetrics {
+    /// Records one answered request.
+    pub fn record(&self, metrics: &Metrics, status: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        match self.statuses.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                let labels = RouteStatusLabels {
+                    route: self.route,
+                    status,
+                };
+                metrics.http_requests.get_or_create(&labels).inc();
+            }
+        }
     }
 }

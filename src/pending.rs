@@ -40,6 +40,8 @@ pub enum AddError {
 struct Shard {
     batch: BatchSeq,
     deltas: HashTable<(Box<str>, i64)>,
+    /// Bytes of the keys in `deltas`, for the metrics.
+    key_bytes: usize,
 }
 
 /// The sharded map of pending deltas. Cheap to share behind an `Arc`.
@@ -62,6 +64,7 @@ impl PendingDeltas {
                 CachePadded::new(Mutex::new(Shard {
                     batch: first_batch,
                     deltas: HashTable::new(),
+                    key_bytes: 0,
                 }))
             })
             .collect();
@@ -98,6 +101,7 @@ impl PendingDeltas {
                     return Err(AddError::Full);
                 }
                 e.insert((key.into(), delta));
+                shard.key_bytes += key.len();
                 self.keys.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -164,6 +168,7 @@ impl PendingDeltas {
                 Entry::Occupied(mut e) => e.get_mut().1 += delta,
                 Entry::Vacant(e) => {
                     e.insert(((*key).into(), *delta));
+                    shard.key_bytes += key.len();
                 }
             }
         }
@@ -221,9 +226,13 @@ impl PendingDeltas {
         self.dirty.store(false, Ordering::Relaxed);
         let mut maps = Vec::with_capacity(SHARDS);
         for shard in self.shards.iter() {
+            // The next batch will likely see about as many keys as this one: sized for them
+            // now, its map never grows (and rehashes) on the request path.
+            let sized = HashTable::with_capacity(lock(shard).deltas.len());
             let mut shard = lock(shard);
             shard.batch = next;
-            maps.push(std::mem::take(&mut shard.deltas));
+            shard.key_bytes = 0;
+            maps.push(std::mem::replace(&mut shard.deltas, sized));
         }
         let mut deltas = Vec::with_capacity(maps.iter().map(HashTable::len).sum());
         for map in maps {
@@ -240,6 +249,17 @@ impl PendingDeltas {
     /// Keys held in memory (open batch and unreleased cut batches).
     pub fn keys(&self) -> usize {
         self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of keys and deltas in the open batch.
+    pub fn open_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = lock(s);
+                s.key_bytes + s.deltas.len() * std::mem::size_of::<i64>()
+            })
+            .sum()
     }
 
     /// Whether anything was added since the last cut.

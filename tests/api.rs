@@ -613,3 +613,43 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
         }
     }
 }
+
+#[tokio::test]
+async fn every_request_gets_an_id_and_is_counted_by_route_and_status() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .http
+        .post(app.url("/increment"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "client-chosen-42")
+        .body(r#"{"key": "k", "value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "client-chosen-42");
+    let r = app.http.get(app.url("/nowhere")).send().await.unwrap();
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made.len(), 16, "a made id: {made}");
+    app.post_json("/increment", r#"{"key": "k", "value": 0}"#)
+        .await;
+
+    let metrics = app.metrics().await;
+    for line in [
+        r#"tally_http_requests_total{route="/increment",status="202"} 1"#,
+        r#"tally_http_requests_total{route="/increment",status="400"} 1"#,
+        r#"tally_http_requests_total{route="unmatched",status="404"} 1"#,
+        r#"tally_http_request_duration_seconds_count{route="/increment"} 2"#,
+        r#"tally_increments_accepted_total 1"#,
+        r#"tally_increments_rejected_total{reason="invalid"} 1"#,
+        r#"tally_pending_keys 1"#,
+        r#"tally_db_pool_max_connections 16"#,
+        r#"tally_db_pool_connections{state="in_use"}"#,
+        r#"mode="buffered",durability="journal"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} is missing from\n{metrics}");
+    }
+    assert!(
+        metrics.contains("tally_pending_bytes 9"),
+        "one key of 1 byte and its delta:\n{metrics}"
+    );
+}

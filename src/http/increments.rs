@@ -48,9 +48,12 @@ pub(crate) async fn increment(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let raw = parse_increment(&body)?;
-    let inc = Increment::new(raw.key, raw.value, &state.rules)?;
-    Ok(match state.ingest.increment(&inc).await? {
+    let parsed = parse_increment(&body)
+        .map_err(ApiError::from)
+        .and_then(|raw| Ok(Increment::new(raw.key, raw.value, &state.rules)?));
+    let inc = state.count_invalid(parsed, 1)?;
+    let receipt = state.ingest.increment(&inc).await;
+    Ok(match state.count(receipt, 1)? {
         Receipt::Buffered => StatusCode::ACCEPTED.into_response(),
         Receipt::Applied { total } => Json(Applied {
             key: inc.key(),
@@ -74,17 +77,21 @@ pub(crate) async fn increments(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let raws = parse_increments(&body, state.max_batch)?;
-    let incs = raws
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            Increment::new(raw.key, raw.value, &state.rules)
-                .map_err(|v| ApiError::from(v).at_index(i))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let parsed = parse_increments(&body, state.max_batch)
+        .map_err(ApiError::from)
+        .and_then(|raws| {
+            raws.into_iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    Increment::new(raw.key, raw.value, &state.rules)
+                        .map_err(|v| ApiError::from(v).at_index(i))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+    let incs = state.count_invalid(parsed, 1)?;
     if !incs.is_empty() {
-        state.ingest.increment_all(&incs).await?;
+        let taken = state.ingest.increment_all(&incs).await;
+        state.count(taken, incs.len() as u64)?;
     }
     let status = if state.sync_mode {
         StatusCode::OK

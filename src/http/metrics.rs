@@ -20,11 +20,22 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
     let m = &state.metrics;
     if let Some(flush) = &state.flush {
         m.pending_keys.set(flush.pending().keys() as i64);
+        m.pending_bytes.set(flush.pending_bytes() as i64);
         m.oldest_unpersisted_age
             .set(flush.oldest_unpersisted_age().as_secs_f64());
     }
     if let Some(journal) = &state.journal {
         m.journal_bytes.set(journal.bytes() as i64);
+    }
+    let pool = state.storage.pool_status();
+    m.db_pool_max_connections.set(pool.max_size as i64);
+    for (state, n) in [
+        ("idle", pool.available),
+        ("in_use", pool.size - pool.available),
+    ] {
+        m.db_pool_connections
+            .get_or_create(&crate::metrics::StateLabel { state })
+            .set(n as i64);
     }
     (
         [(

@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 mod increments;
 mod metrics;
+pub mod observe;
 mod openapi;
 
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use axum::Router;
 
 use crate::flush::FlushState;
 use crate::increment::ValidationRules;
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, IngestError};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::storage::Storage;
 use error::ApiError;
 
 /// What every handler may use.
@@ -37,10 +39,43 @@ pub struct AppState {
     pub flush: Option<Arc<FlushState>>,
     /// The journal, with `--durability journal`.
     pub journal: Option<Journal>,
+    /// For the pool's figures in the metrics.
+    pub storage: Storage,
 }
 
-/// The whole API.
-pub fn router(state: Arc<AppState>) -> Router {
+impl AppState {
+    /// Counts a request refused for its input among the rejected increments (one per
+    /// request: a malformed batch has no countable items).
+    fn count_invalid<T>(&self, parsed: Result<T, ApiError>, n: u64) -> Result<T, ApiError> {
+        if parsed.is_err() {
+            self.metrics.reject("invalid", n);
+        }
+        parsed
+    }
+
+    /// Counts `n` increments as accepted or rejected, by what the request path said.
+    fn count<T>(&self, taken: Result<T, IngestError>, n: u64) -> Result<T, ApiError> {
+        match taken {
+            Ok(t) => {
+                self.metrics.increments_accepted.inc_by(n);
+                Ok(t)
+            }
+            Err(e) => {
+                self.metrics.reject(e.reason(), n);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The whole API, wrapped in [`observe`], which every request goes through, routed or not.
+pub fn app(state: Arc<AppState>, access_log: bool) -> observe::Observe<Router> {
+    let observer = Arc::new(observe::Observer::new(state.metrics.clone(), access_log));
+    tower_layer::Layer::layer(&observe::ObserveLayer(observer), router(state))
+}
+
+/// The routes.
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(increments::router())
         .merge(counters::router())

@@ -6,16 +6,20 @@
 //! hyper's low-level connection API is used rather than a pooled client: a worker owns its
 //! connection, so there is no pool to contend on, and `try_send_request` hands back a request
 //! that was never written, which is what lets a reconnect retry it without counting it as
-//! possibly applied.
+//! possibly applied. The worker also drives its connection itself instead of spawning it as a
+//! task of its own: a request then costs no hand-over between two tasks, which matters when
+//! the load generator shares the machine's cores with the server it measures.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::TrySendError;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -107,7 +111,7 @@ impl Target {
         self.connect().await.map(drop)
     }
 
-    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> anyhow::Result<Open> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addrs[..]))
             .await
             .context("connecting timed out")??;
@@ -115,10 +119,37 @@ impl Target {
         // add delay.
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        // The connection task ends when the server closes or the sender is dropped; its error,
-        // if any, also reaches the request in flight, which is where it is counted.
-        tokio::spawn(connection);
-        Ok(sender)
+        Ok(Open {
+            sender,
+            connection: Some(Box::pin(connection)),
+        })
+    }
+}
+
+/// The connection future of one keep-alive connection.
+type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
+/// An open connection: the handle requests go through, and the connection itself, which the
+/// worker polls while it waits (see [`driving`]).
+struct Open {
+    sender: SendRequest<Full<Bytes>>,
+    /// `None` once it has ended (server closed, or an error); its error, if any, also reaches
+    /// the request in flight, which is where it is counted.
+    connection: Option<Driver>,
+}
+
+/// Runs `work` while polling `connection`, which does the actual reading and writing.
+async fn driving<F: Future>(connection: &mut Option<Driver>, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        let Some(conn) = connection.as_mut() else {
+            return work.await;
+        };
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = conn.as_mut() => *connection = None,
+        }
     }
 }
 
@@ -143,16 +174,13 @@ pub enum Outcome {
 /// One worker's keep-alive connection, opened on first use and again after each failure.
 pub struct Client<'a> {
     target: &'a Target,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    open: Option<Open>,
 }
 
 impl<'a> Client<'a> {
     /// A client with no connection yet.
     pub fn new(target: &'a Target) -> Self {
-        Client {
-            target,
-            sender: None,
-        }
+        Client { target, open: None }
     }
 
     /// Sends `request` and reads the whole answer.
@@ -160,12 +188,12 @@ impl<'a> Client<'a> {
         let timeout = self.target.timeout;
         let mut last_error = None;
         for _ in 0..SEND_ATTEMPTS {
-            let sender = match self.connected().await {
-                Ok(sender) => sender,
+            let Open { sender, connection } = match self.connected().await {
+                Ok(open) => open,
                 Err(e) => return Outcome::NotSent(e),
             };
             let started = Instant::now();
-            let exchange = async {
+            let exchange = driving(connection, async {
                 let response = sender.try_send_request(request).await?;
                 let status = response.status();
                 // The body must be read to the end before the connection can carry the next
@@ -179,11 +207,11 @@ impl<'a> Client<'a> {
                     }
                 }
                 Ok::<_, TrySendError<Request<Full<Bytes>>>>((status, true))
-            };
+            });
             match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok((status, reusable))) => {
                     if !reusable {
-                        self.sender = None;
+                        self.open = None;
                     }
                     return Outcome::Answered {
                         status,
@@ -191,7 +219,7 @@ impl<'a> Client<'a> {
                     };
                 }
                 Ok(Err(mut e)) => {
-                    self.sender = None;
+                    self.open = None;
                     match e.take_message() {
                         Some(unsent) => {
                             request = unsent;
@@ -202,7 +230,7 @@ impl<'a> Client<'a> {
                 }
                 Err(_elapsed) => {
                     // hyper closes a connection whose request future is dropped mid-flight.
-                    self.sender = None;
+                    self.open = None;
                     return Outcome::TimedOut;
                 }
             }
@@ -213,19 +241,19 @@ impl<'a> Client<'a> {
         })
     }
 
-    async fn connected(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
+    async fn connected(&mut self) -> anyhow::Result<&mut Open> {
         // An idle connection is ready at once; asking also notices a close the server sent
         // while this worker was busy, such as the end of an idle keep-alive.
-        let usable = match self.sender.as_mut() {
-            Some(sender) => sender.ready().await.is_ok(),
+        let usable = match self.open.as_mut() {
+            Some(Open { sender, connection }) => driving(connection, sender.ready()).await.is_ok(),
             None => false,
         };
         if !usable {
-            self.sender = None;
-            let mut sender = self.target.connect().await?;
-            sender.ready().await?;
-            self.sender = Some(sender);
+            self.open = None;
+            let mut open = self.target.connect().await?;
+            driving(&mut open.connection, open.sender.ready()).await?;
+            self.open = Some(open);
         }
-        Ok(self.sender.as_mut().expect("connected above"))
+        Ok(self.open.as_mut().expect("connected above"))
     }
 }

@@ -153,6 +153,17 @@ impl Storage {
         Ok(())
     }
 
+    /// A handle on the same database with a pool of its own, for work that runs on another
+    /// runtime: a connection belongs to the runtime that opened it.
+    pub fn separate_pool(&self, size: usize) -> Result<Storage, StorageError> {
+        Storage::connect(self.config.clone(), size)
+    }
+
+    /// The pool's size limit, open connections and idle ones.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
     /// Closes the pool: idle connections are dropped and no new ones are made.
     pub fn close(&self) {
         self.pool.close();

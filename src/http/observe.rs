@@ -1,0 +1,232 @@
+//! What every request leaves behind: its request id (taken from `X-Request-Id` or made, and
+//! echoed in the answer), its count and latency in the metrics, and, with `--access-log`, one
+//! log line.
+//!
+//! A tower layer of its own, wrapped around the whole router rather than added with
+//! `Router::layer`: `axum::middleware::from_fn` boxes a future and clones a boxed service for
+//! every request, and `Router::layer` boxes every route once more, which on the request path
+//! of a service that answers from memory costs more than everything this layer does. Outside
+//! the router the matched route is not known yet, so the label comes from the path itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::Response;
+use rand::RngExt;
+
+use crate::metrics::{Metrics, RouteMetrics};
+
+/// The header that carries a request's id, in both directions. A constant `HeaderName`, so
+/// that the name is not parsed again for every request.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id taken from a client; a longer one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The routes, as metric labels; any other path is `unmatched`.
+const ROUTES: [&str; 9] = [
+    "/increment",
+    "/api/increment",
+    "/increments",
+    "/counters/{key}",
+    "/health",
+    "/api/health",
+    "/ready",
+    "/metrics",
+    "/openapi.json",
+];
+
+/// The index in [`ROUTES`] of the route `path` belongs to.
+fn route_of(path: &str) -> Option<usize> {
+    if path.starts_with("/counters/") {
+        return Some(3);
+    }
+    ROUTES.iter().position(|r| *r == path)
+}
+
+/// Per-route metric handles and whether to log each request; shared by every connection.
+pub struct Observer {
+    metrics: Arc<Metrics>,
+    routes: Vec<RouteMetrics>,
+    unmatched: RouteMetrics,
+    access_log: bool,
+}
+
+impl Observer {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
+        Observer {
+            routes: ROUTES.iter().map(|r| metrics.route(r)).collect(),
+            unmatched: metrics.route("unmatched"),
+            metrics,
+            access_log,
+        }
+    }
+
+    fn finish(&self, seen: Seen, response: &mut Response) {
+        let elapsed = seen.started.elapsed();
+        let status = response.status().as_u16();
+        let (route, metrics) = match seen.route {
+            Some(i) => (ROUTES[i], &self.routes[i]),
+            None => ("unmatched", &self.unmatched),
+        };
+        metrics.record(&self.metrics, status, elapsed);
+        if let Some(method) = seen.method {
+            tracing::info!(
+                target: "tally::access",
+                request_id = seen.request_id.to_str().unwrap_or_default(),
+                method = %method,
+                route,
+                status,
+                micros = elapsed.as_micros() as u64,
+                "request"
+            );
+        }
+        response.headers_mut().insert(REQUEST_ID, seen.request_id);
+    }
+}
+
+/// The layer, applied around the whole router.
+#[derive(Clone)]
+pub struct ObserveLayer(pub Arc<Observer>);
+
+impl<S> tower_layer::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            observer: self.0.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    observer: Arc<Observer>,
+}
+
+/// What is known of a request when it arrives.
+struct Seen {
+    started: Instant,
+    route: Option<usize>,
+    request_id: HeaderValue,
+    /// Only kept when access logging is on.
+    method: Option<Method>,
+}
+
+impl<S> tower_service::Service<Request> for Observe<S>
+where
+    S: tower_service::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let seen = Seen {
+            started: Instant::now(),
+            route: route_of(request.uri().path()),
+            request_id: request_id(request.headers().get(&REQUEST_ID)),
+            method: self.observer.access_log.then(|| request.method().clone()),
+        };
+        ObserveFuture {
+            inner: self.inner.call(request),
+            observer: self.observer.clone(),
+            seen: Some(seen),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Completes with the inner answer, after recording it.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        observer: Arc<Observer>,
+        seen: Option<Seen>,
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(seen)) = (&mut result, this.seen.take()) {
+            this.observer.finish(seen, response);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// The client's id if it sent a usable one, else a new random one.
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    match given {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => {
+            id.clone()
+        }
+        _ => {
+            // 64 random bits in hexadecimal, written without a temporary String.
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut n: u64 = rand::rng().random();
+            let mut digits = [0u8; 16];
+            for d in digits.iter_mut().rev() {
+                *d = HEX[(n & 0xf) as usize];
+                n >>= 4;
+            }
+            HeaderValue::from_bytes(&digits).expect("hexadecimal digits are a valid header value")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_labelled_by_route() {
+        assert_eq!(
+            route_of("/increment").map(|i| ROUTES[i]),
+            Some("/increment")
+        );
+        assert_eq!(
+            route_of("/counters/a/b").map(|i| ROUTES[i]),
+            Some("/counters/{key}")
+        );
+        assert_eq!(route_of("/increment/extra"), None);
+        assert_eq!(route_of("/"), None);
+    }
+
+    #[test]
+    fn a_usable_client_id_is_kept_and_anything_else_replaced() {
+        let given = HeaderValue::from_static("abc-123");
+        assert_eq!(request_id(Some(&given)), given);
+        let made = request_id(None);
+        assert_eq!(made.len(), 16);
+        assert!(
+            made.to_str()
+                .unwrap()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
+        assert_ne!(made, request_id(None), "ids are random");
+        let long = HeaderValue::from_str(&"x".repeat(MAX_REQUEST_ID + 1)).unwrap();
+        assert_eq!(request_id(Some(&long)).len(), 16);
+        assert_eq!(request_id(Some(&HeaderValue::from_static(""))).len(), 16);
+    }
+}
