@@ -154,7 +154,8 @@ async fn run(
         "tally is serving"
     );
 
-    let served = serve_http(listener, app(state, config.access_log), &shutdown).await;
+    let app = app(state, config.access_log);
+    let served = serve_http(listener, app, &shutdown, config.drain_delay).await;
 
     let mut ended = Ok(());
     if let Some(flusher) = flusher {
@@ -223,12 +224,14 @@ fn report_end(end: FlushEnd) -> anyhow::Result<()> {
     }
 }
 
-/// Serves until a shutdown is requested, then lets in-flight requests finish (up to
-/// [`DRAIN_TIMEOUT`], or until the shutdown is forced).
+/// Serves until a shutdown is requested and `drain_delay` has passed (while `/ready` already
+/// answers 503), then lets in-flight requests finish (up to [`DRAIN_TIMEOUT`], or until the
+/// shutdown is forced).
 async fn serve_http(
     listener: TcpListener,
     app: crate::http::observe::Observe<axum::Router>,
     shutdown: &Shutdown,
+    drain_delay: Duration,
 ) -> anyhow::Result<()> {
     use axum::ServiceExt;
     use axum::serve::ListenerExt;
@@ -236,12 +239,23 @@ async fn serve_http(
         // Small answers should leave at once, not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
     });
-    let requested = shutdown.requested_token();
+    let (requested, forced) = (shutdown.requested_token(), shutdown.forced_token());
+    let stop_accepting = async move {
+        requested.cancelled().await;
+        if !drain_delay.is_zero() {
+            tracing::info!(delay = %humantime::format_duration(drain_delay), "draining: /ready answers 503, still serving");
+            tokio::select! {
+                _ = tokio::time::sleep(drain_delay) => {}
+                _ = forced.cancelled() => {}
+            }
+        }
+    };
     let server = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move { requested.cancelled().await });
+        .with_graceful_shutdown(stop_accepting);
     let forced = shutdown.forced_token();
     let drain_deadline = async {
         shutdown.requested().await;
+        tokio::time::sleep(drain_delay).await;
         tokio::select! {
             _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish in time; closing their connections"),
             _ = forced.cancelled() => {}

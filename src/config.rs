@@ -40,6 +40,8 @@ enum CliCommand {
     Migrate(MigrateConfig),
     /// Load a Tally node with increments and check the totals it keeps in PostgreSQL.
     Load(crate::load::LoadConfig),
+    /// Start or stop a managed PostgreSQL on its own, for several nodes on one machine.
+    Postgres(PostgresConfig),
 }
 
 /// What the command line asked for, fully resolved.
@@ -48,6 +50,27 @@ pub enum Command {
     Serve(ServeConfig),
     Migrate(MigrateConfig),
     Load(crate::load::LoadConfig),
+    Postgres(PostgresConfig),
+}
+
+/// Settings of `tally postgres`.
+#[derive(Debug, Clone, Args)]
+pub struct PostgresConfig {
+    #[command(subcommand)]
+    pub action: PostgresAction,
+
+    /// The cluster lives under `<DIR>/postgres`, as `tally serve` would make it.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data", value_name = "DIR", global = true)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum PostgresAction {
+    /// Create the cluster if needed, start it (or find it running), and print its
+    /// connection string for DATABASE_URL.
+    Start,
+    /// Stop the cluster.
+    Stop,
 }
 
 /// Settings shared by every subcommand that reaches the database.
@@ -140,6 +163,12 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// After SIGTERM, keep serving this long while `/ready` answers 503, so that a load
+    /// balancer stops sending requests before the node stops accepting them.
+    #[arg(long, env = "TALLY_DRAIN_DELAY", default_value = "0s",
+          value_parser = parse_drain_delay, value_name = "DURATION")]
+    pub drain_delay: Duration,
 
     /// Log one line per request (method, route, status, duration, request id).
     #[arg(long, env = "TALLY_ACCESS_LOG", default_value_t = false,
@@ -268,6 +297,14 @@ fn parse_journal_size(s: &str) -> Result<u64, String> {
     parse_size(s, 1 << 20..=u64::MAX, "at least 1MiB")
 }
 
+fn parse_drain_delay(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0s, 5s)"))?;
+    if d > Duration::from_secs(300) {
+        return Err("must be at most 5m".into());
+    }
+    Ok(d)
+}
+
 fn parse_node_id(s: &str) -> Result<String, String> {
     crate::node::validate_node_id(s).map(|()| s.to_owned())
 }
@@ -295,7 +332,7 @@ where
     let config_file = match &first.command {
         Some(CliCommand::Migrate(m)) => m.config.clone(),
         Some(CliCommand::Serve(s)) => s.config.clone(),
-        Some(CliCommand::Load(_)) => None,
+        Some(CliCommand::Load(_) | CliCommand::Postgres(_)) => None,
         None => first.serve.config.clone(),
     };
     let cli = match config_file {
@@ -309,6 +346,7 @@ where
         Some(CliCommand::Migrate(m)) => Command::Migrate(m),
         Some(CliCommand::Serve(s)) => Command::Serve(s),
         Some(CliCommand::Load(l)) => Command::Load(l),
+        Some(CliCommand::Postgres(p)) => Command::Postgres(p),
         None => Command::Serve(cli.serve),
     })
 }

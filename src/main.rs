@@ -40,6 +40,10 @@ fn main() -> ExitCode {
                 database.close().await;
                 Ok(())
             }
+            Command::Postgres(config) => {
+                telemetry::init(tally::config::LogFormat::Text);
+                postgres(config).await
+            }
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
                 telemetry::init(tally::config::LogFormat::Text);
@@ -60,6 +64,26 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `tally postgres start|stop`: the managed cluster of `tally serve`, on its own.
+async fn postgres(config: tally::config::PostgresConfig) -> anyhow::Result<()> {
+    use tally::config::PostgresAction;
+    use tally::storage::managed::{ManagedOptions, ManagedPostgres};
+    let dir = config.data_dir.join("postgres");
+    let options = ManagedOptions::default();
+    tokio::task::spawn_blocking(move || match config.action {
+        PostgresAction::Start => {
+            let cluster = ManagedPostgres::start(&dir, &options)?;
+            println!("{}", cluster.connection_string(&options.database));
+            Ok(())
+        }
+        PostgresAction::Stop => {
+            ManagedPostgres::attach(&dir, &options)?.stop()?;
+            Ok(())
+        }
+    })
+    .await?
 }
 
 #[cfg(feature = "mimalloc")]

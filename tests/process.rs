@@ -261,6 +261,62 @@ fn access_logs_are_off_by_default_and_on_by_a_flag() {
 }
 
 #[test]
+fn during_the_drain_delay_ready_fails_but_increments_are_still_served() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &["--drain-delay", "2s", "--flush-interval", "10s"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(http.get(tally.url("/ready")).send().unwrap().status(), 200);
+    tally.signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while http.get(tally.url("/ready")).send().unwrap().status() != 503 {
+        assert!(std::time::Instant::now() < deadline, "/ready never failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(post_increment(&http, &tally, "late", 3), 202, "still serving while draining");
+    assert!(tally.wait(Duration::from_secs(30)).success(), "{}", tally.log());
+    assert_eq!(totals(&db.url), vec![("late".to_owned(), 3)]);
+}
+
+#[test]
+fn postgres_subcommand_starts_and_stops_a_cluster_for_several_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = tally_command()
+        .args(["postgres", "start", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let url = String::from_utf8(start.stdout).unwrap().trim().to_owned();
+    let pid = postmaster_pid(dir.path()).expect("running");
+    assert!(totals_after_migrate(&url).is_empty());
+    let stop = tally_command()
+        .args(["postgres", "stop", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(!process_is_running(pid));
+}
+
+/// Migrates the database at `url` with `tally migrate` and reads its totals.
+fn totals_after_migrate(url: &str) -> Vec<(String, i64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tally_command()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    totals(url)
+}
+
+#[test]
 fn migrate_creates_the_schema_and_exits() {
     let db = fresh_database();
     let dir = tempfile::tempdir().unwrap();
