@@ -7,6 +7,7 @@
 //! label set once, at start ([`RouteMetrics`]), so that the request path pays an atomic
 //! increment, not a label lookup.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -214,7 +215,7 @@ impl Metrics {
         self.flush_duration.observe(seconds);
     }
 
-    /// The handles of one route, resolved now so that recording costs no lookup.
+    /// The handles of one route, resolved once so that recording costs no label lookup.
     pub fn route(&self, route: &'static str) -> RouteMetrics {
         RouteMetrics {
             route,
@@ -222,10 +223,7 @@ impl Metrics {
                 .http_request_duration
                 .get_or_create(&RouteLabel { route })
                 .clone(),
-            statuses: COMMON_STATUSES.map(|status| {
-                let labels = RouteStatusLabels { route, status };
-                (status, self.http_requests.get_or_create(&labels).clone())
-            }),
+            statuses: Default::default(),
         }
     }
 
@@ -245,24 +243,24 @@ const COMMON_STATUSES: [u16; 10] = [200, 202, 400, 404, 405, 408, 413, 415, 429,
 pub struct RouteMetrics {
     route: &'static str,
     duration: Histogram,
-    statuses: [(u16, Counter); COMMON_STATUSES.len()],
+    /// The counter of each common status, looked up on its first use (so that a status never
+    /// answered is not exported as a zero) and kept.
+    statuses: [OnceLock<Counter>; COMMON_STATUSES.len()],
 }
 
 impl RouteMetrics {
     /// Records one answered request.
     pub fn record(&self, metrics: &Metrics, status: u16, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
-        match self.statuses.iter().find(|(s, _)| *s == status) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
-            None => {
-                let labels = RouteStatusLabels {
-                    route: self.route,
-                    status,
-                };
-                metrics.http_requests.get_or_create(&labels).inc();
-            }
-        }
+        let labels = || RouteStatusLabels {
+            route: self.route,
+            status,
+        };
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.statuses[i]
+                .get_or_init(|| metrics.http_requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => metrics.http_requests.get_or_create(&labels()).inc(),
+        };
     }
 }
