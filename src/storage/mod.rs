@@ -2,7 +2,7 @@
 //!
 //! [`Storage`] is a cheap, clonable handle over a connection pool with a small API named for
 //! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
-//! a total. The SQL sits next to the function that runs it, in [`counters`] and here.
+//! a total. The SQL sits next to the function that runs it, in `counters.rs` and here.
 
 mod claim;
 mod counters;
@@ -140,7 +140,7 @@ impl Storage {
         Ok(Storage { pool, config })
     }
 
-    /// Applies the embedded migrations (see [`migrations`]).
+    /// Applies the embedded migrations (`migrations/` in the repository).
     pub async fn migrate(&self) -> Result<(), StorageError> {
         let mut client = self.pool.get().await?;
         migrations::run(&mut client).await
