@@ -4,16 +4,19 @@
 //! cargo run --release --example bench_report -- --results DIR [--markdown BENCHMARKS.md] [--svg bench/results.svg]
 //! ```
 //!
-//! DIR holds one file per measurement, as `bench/run` writes them: `run.json` (settings),
-//! `machine.json`, `load-{health,memory,journal,sync}.json` (`tally load --json`),
-//! `wrk-{health,memory}.txt` (wrk's own output, `--latency`), `flush.json` (the `flush_bench`
-//! example), `memory.txt` (the `pending_memory` example) and `commands.txt`. A missing or
-//! malformed file stops the report: a page with a hole in it would be read as a full one.
+//! DIR holds one file per measurement, as `bench/run` writes them: `run.json` (settings, with
+//! the number of rounds), `machine.json`, `load-{health,memory,journal,sync}-<round>.json`
+//! (`tally load --json`, rounds numbered from 1), `wrk-{health,memory}.txt` (wrk's own output,
+//! `--latency`), `flush.json` (the `flush_bench` example), `memory.txt` (the `pending_memory`
+//! example) and `commands.txt`. A missing or malformed file stops the report: a page with a
+//! hole in it would be read as a full one.
 //!
 //! Every throughput figure is shown as a ratio to the HTTP ceiling that the same client
-//! measured in the same run, because only that ratio carries over between machines; the
-//! targets of the issue are checked here, each with its figure, so the page says PASS or FAIL
-//! without anyone redoing the arithmetic.
+//! measured in the same round, because only that ratio carries over between machines. Each
+//! mode is reported by its median round, the round whose ratio is the median, with the spread
+//! of the ratio over the rounds; the targets of the issue are checked here on the median
+//! rounds, each with its figure, so the page says PASS or FAIL without anyone redoing the
+//! arithmetic.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +38,9 @@ const FLUSH_MAX_SECONDS: f64 = 5.0;
 const MAX_BYTES_PER_KEY: f64 = 150.0;
 /// Shorter runs than this are marked as noisy at the top of the page.
 const MIN_TRUSTED_SECONDS: f64 = 10.0;
+/// Fewer rounds than this are marked too: with two, the median is simply the lower one, and
+/// one disturbed round is enough to move it.
+const MIN_TRUSTED_ROUNDS: usize = 3;
 /// A route that does work cannot outrun one that does none: a ratio above this says the
 /// ceiling's measurement was disturbed, and the page says so.
 const MAX_PLAUSIBLE_RATIO: f64 = 1.05;
@@ -57,6 +63,8 @@ struct Args {
 struct RunSettings {
     duration: String,
     duration_secs: f64,
+    /// Rounds of ceiling, memory, journal and sync.
+    rounds: usize,
     warmup: String,
     connections: u32,
     keys: u32,
@@ -157,14 +165,134 @@ struct PendingMemory {
     bytes_per_key: f64,
 }
 
-/// Everything one run produced.
-struct Results {
-    run: RunSettings,
-    machine: Machine,
+/// The four measurements `tally load` takes in one round, back to back, each on a fresh server.
+struct Round {
     health: Load,
     memory: Load,
     journal: Load,
     sync: Load,
+}
+
+/// What a round measures, in the order bench/run measures it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// GET /health: the HTTP ceiling.
+    Health,
+    Memory,
+    Journal,
+    Sync,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Health, Mode::Memory, Mode::Journal, Mode::Sync];
+    const INCREMENTS: [Mode; 3] = [Mode::Memory, Mode::Journal, Mode::Sync];
+
+    /// As bench/run names the results: `load-<name>-<round>.json`.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Health => "health",
+            Mode::Memory => "memory",
+            Mode::Journal => "journal",
+            Mode::Sync => "sync",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Health => "health (ceiling)",
+            Mode::Memory => "buffered + memory",
+            Mode::Journal => "buffered + journal",
+            Mode::Sync => "sync",
+        }
+    }
+}
+
+impl Round {
+    /// Round `number`, counted from 1 as in the file names.
+    fn read(dir: &Path, number: usize) -> anyhow::Result<Round> {
+        let load = |mode: Mode| read_json(dir, &format!("load-{}-{number}.json", mode.name()));
+        Ok(Round {
+            health: load(Mode::Health)?,
+            memory: load(Mode::Memory)?,
+            journal: load(Mode::Journal)?,
+            sync: load(Mode::Sync)?,
+        })
+    }
+
+    fn load(&self, mode: Mode) -> &Load {
+        match mode {
+            Mode::Health => &self.health,
+            Mode::Memory => &self.memory,
+            Mode::Journal => &self.journal,
+            Mode::Sync => &self.sync,
+        }
+    }
+
+    /// Requests/s of `mode` as a fraction of the ceiling of this same round.
+    fn ratio(&self, mode: Mode) -> f64 {
+        self.load(mode).requests_per_sec / self.health.requests_per_sec
+    }
+}
+
+/// The index of the median of `values`, which must not be empty. With an even number of
+/// values, the lower of the two middle ones: the figure reported is then always one that was
+/// measured, with its own latencies and verification, rather than the mean of two rounds,
+/// and of the two candidates the less flattering. Ties keep the earlier round.
+fn median_index(values: &[f64]) -> usize {
+    assert!(!values.is_empty(), "the median of no values");
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order[(values.len() - 1) / 2]
+}
+
+/// The smallest and the largest of `values`.
+fn spread(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// One mode over every round: which round is reported, and how far the rounds spread.
+#[derive(Clone, Copy, Debug)]
+struct Summary {
+    mode: Mode,
+    /// Index in the rounds of the one reported: for an increment mode, the round with the
+    /// median ratio to its own ceiling; for the ceiling, the round with the median requests/s.
+    median: usize,
+    rounds: usize,
+    /// Min and max over the rounds.
+    ratio: (f64, f64),
+    requests_per_sec: (f64, f64),
+    p99_ms: (f64, f64),
+}
+
+fn summarize(rounds: &[Round], mode: Mode) -> Summary {
+    let over = |f: &dyn Fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let ratios = over(&|r| r.ratio(mode));
+    let rates = over(&|r| r.load(mode).requests_per_sec);
+    let p99 = over(&|r| r.load(mode).latency_ms.p99);
+    Summary {
+        mode,
+        median: median_index(if mode == Mode::Health {
+            &rates
+        } else {
+            &ratios
+        }),
+        rounds: rounds.len(),
+        ratio: spread(&ratios),
+        requests_per_sec: spread(&rates),
+        p99_ms: spread(&p99),
+    }
+}
+
+/// Everything one run produced.
+struct Results {
+    run: RunSettings,
+    machine: Machine,
+    /// In the order measured; never empty.
+    rounds: Vec<Round>,
     wrk_health: Wrk,
     wrk_memory: Wrk,
     flush: Flush,
@@ -174,13 +302,16 @@ struct Results {
 
 impl Results {
     fn read(dir: &Path) -> anyhow::Result<Results> {
+        let run: RunSettings = read_json(dir, "run.json")?;
+        if run.rounds == 0 {
+            bail!("run.json says 0 rounds: there is nothing to report");
+        }
         Ok(Results {
-            run: read_json(dir, "run.json")?,
+            rounds: (1..=run.rounds)
+                .map(|number| Round::read(dir, number))
+                .collect::<anyhow::Result<_>>()?,
+            run,
             machine: read_json(dir, "machine.json")?,
-            health: read_json(dir, "load-health.json")?,
-            memory: read_json(dir, "load-memory.json")?,
-            journal: read_json(dir, "load-journal.json")?,
-            sync: read_json(dir, "load-sync.json")?,
             wrk_health: parse_wrk(&read_text(dir, "wrk-health.txt")?).context("wrk-health.txt")?,
             wrk_memory: parse_wrk(&read_text(dir, "wrk-memory.txt")?).context("wrk-memory.txt")?,
             flush: read_json(dir, "flush.json")?,
@@ -299,9 +430,15 @@ struct Row {
     p99_9_ms: Option<f64>,
     failures: u64,
     verified: String,
+    /// The round shown and the spread over all rounds; `None` for wrk, which runs once.
+    rounds: Option<Summary>,
 }
 
-fn load_row(mode: &'static str, load: &Load, ceiling: &Load) -> Row {
+/// The median round of `mode`, read against the ceiling of that same round.
+fn load_row(mode: Mode, rounds: &[Round]) -> Row {
+    let summary = summarize(rounds, mode);
+    let round = &rounds[summary.median];
+    let (load, ceiling) = (round.load(mode), &round.health);
     let verified = match &load.verify {
         None => "n/a (no increments)".to_owned(),
         Some(v) if v.exact => format!(
@@ -316,7 +453,7 @@ fn load_row(mode: &'static str, load: &Load, ceiling: &Load) -> Row {
         Some(_) => "**MISMATCH**".to_owned(),
     };
     Row {
-        mode,
+        mode: mode.label(),
         client: "tally load",
         connections: load.connections,
         requests: load.requests,
@@ -327,6 +464,7 @@ fn load_row(mode: &'static str, load: &Load, ceiling: &Load) -> Row {
         p99_9_ms: Some(load.latency_ms.p99_9),
         failures: load.failures(),
         verified,
+        rounds: Some(summary),
     }
 }
 
@@ -343,17 +481,18 @@ fn wrk_row(mode: &'static str, wrk: &Wrk, ceiling: &Wrk, connections: u32, verif
         p99_9_ms: None,
         failures: wrk.non_2xx + wrk.socket_errors,
         verified: verified.to_owned(),
+        rounds: None,
     }
 }
 
 impl Results {
     fn rows(&self) -> Vec<Row> {
         let c = self.run.connections;
-        vec![
-            load_row("health (ceiling)", &self.health, &self.health),
-            load_row("buffered + memory", &self.memory, &self.health),
-            load_row("buffered + journal", &self.journal, &self.health),
-            load_row("sync", &self.sync, &self.health),
+        let mut rows: Vec<Row> = Mode::ALL
+            .iter()
+            .map(|&mode| load_row(mode, &self.rounds))
+            .collect();
+        rows.extend([
             wrk_row(
                 "health (ceiling)",
                 &self.wrk_health,
@@ -368,7 +507,96 @@ impl Results {
                 c,
                 "not checked (wrk cannot)",
             ),
-        ]
+        ]);
+        rows
+    }
+
+    fn summary(&self, mode: Mode) -> Summary {
+        summarize(&self.rounds, mode)
+    }
+
+    /// The round reported for `mode`.
+    fn median_round(&self, mode: Mode) -> &Round {
+        &self.rounds[self.summary(mode).median]
+    }
+
+    /// Every measurement whose ratio to its ceiling is implausibly high, named for the page.
+    fn implausible(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (i, round) in self.rounds.iter().enumerate() {
+            for mode in Mode::INCREMENTS {
+                if round.ratio(mode) > MAX_PLAUSIBLE_RATIO {
+                    found.push(format!(
+                        "{} (tally load, round {}) at {} of its ceiling",
+                        mode.label(),
+                        i + 1,
+                        percent(round.ratio(mode))
+                    ));
+                }
+            }
+        }
+        for r in self.rows().iter().filter(|r| r.rounds.is_none()) {
+            if r.ratio > MAX_PLAUSIBLE_RATIO {
+                found.push(format!(
+                    "{} ({}) at {} of its ceiling",
+                    r.mode,
+                    r.client,
+                    percent(r.ratio)
+                ));
+            }
+        }
+        found
+    }
+
+    /// Every measurement with answers other than 2xx or totals that do not match, named for
+    /// the page; empty when every round was clean.
+    fn unclean_rounds(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (i, round) in self.rounds.iter().enumerate() {
+            for mode in Mode::ALL {
+                let load = round.load(mode);
+                let mut problems = Vec::new();
+                if load.failures() > 0 {
+                    problems.push(format!("{} not 2xx", thousands(load.failures() as f64)));
+                }
+                let exact = load.verify.as_ref().is_some_and(|v| v.exact);
+                if mode != Mode::Health && !exact {
+                    problems.push("totals not exact in PostgreSQL".to_owned());
+                }
+                if !problems.is_empty() {
+                    found.push(format!(
+                        "{} round {}: {}",
+                        mode.label(),
+                        i + 1,
+                        problems.join(", ")
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    /// A ratio target's figure: the median round's ratio and requests/s, and how far the
+    /// rounds spread.
+    fn ratio_figure(&self, mode: Mode) -> String {
+        let summary = self.summary(mode);
+        let round = self.median_round(mode);
+        let measured = format!(
+            "{} of {} requests/s",
+            thousands(round.load(mode).requests_per_sec),
+            thousands(round.health.requests_per_sec)
+        );
+        if summary.rounds == 1 {
+            format!("{} ({measured})", percent(round.ratio(mode)))
+        } else {
+            format!(
+                "{} (round {} of {}: {measured}; {} over the rounds)",
+                percent(round.ratio(mode)),
+                summary.median + 1,
+                summary.rounds,
+                range(summary.ratio, percent)
+            )
+        }
     }
 }
 
@@ -384,8 +612,9 @@ struct Target {
 
 impl Results {
     fn targets(&self) -> Vec<Target> {
-        let ceiling = self.health.requests_per_sec;
-        let ratio = |load: &Load| load.requests_per_sec / ceiling;
+        let ratio = |mode: Mode| self.median_round(mode).ratio(mode);
+        let journal = self.median_round(Mode::Journal).load(Mode::Journal);
+        let journal_summary = self.summary(Mode::Journal);
         let at_connections = |load: &Load| {
             if load.connections == TARGET_CONNECTIONS {
                 String::new()
@@ -396,22 +625,19 @@ impl Results {
                 )
             }
         };
-        let exact = [&self.memory, &self.journal, &self.sync]
-            .iter()
-            .all(|l| l.verify.as_ref().is_some_and(|v| v.exact));
+        let exact = self.rounds.iter().all(|round| {
+            Mode::INCREMENTS
+                .iter()
+                .all(|&mode| round.load(mode).verify.as_ref().is_some_and(|v| v.exact))
+        });
         vec![
             Target {
                 what: format!(
                     "buffered + memory >= {:.0}% of the HTTP ceiling",
                     MEMORY_MIN_RATIO * 100.0
                 ),
-                figure: format!(
-                    "{} ({} of {} requests/s)",
-                    percent(ratio(&self.memory)),
-                    thousands(self.memory.requests_per_sec),
-                    thousands(ceiling)
-                ),
-                pass: Some(ratio(&self.memory) >= MEMORY_MIN_RATIO),
+                figure: self.ratio_figure(Mode::Memory),
+                pass: Some(ratio(Mode::Memory) >= MEMORY_MIN_RATIO),
                 profile_hint: "where a memory-mode POST /increment spends the time a GET /health does not",
             },
             Target {
@@ -419,27 +645,32 @@ impl Results {
                     "buffered + journal >= {:.0}% of the HTTP ceiling",
                     JOURNAL_MIN_RATIO * 100.0
                 ),
-                figure: format!(
-                    "{} ({} of {} requests/s)",
-                    percent(ratio(&self.journal)),
-                    thousands(self.journal.requests_per_sec),
-                    thousands(ceiling)
-                ),
-                pass: Some(ratio(&self.journal) >= JOURNAL_MIN_RATIO),
+                figure: self.ratio_figure(Mode::Journal),
+                pass: Some(ratio(Mode::Journal) >= JOURNAL_MIN_RATIO),
                 profile_hint: "where a journal-mode POST /increment spends its time: request path, journal writer, fdatasync",
             },
             Target {
                 what: format!(
                     "buffered + journal p99 < {JOURNAL_MAX_P99_MS} ms at {TARGET_CONNECTIONS} connections"
                 ),
-                figure: format!(
-                    "{} ms{}",
-                    ms(self.journal.latency_ms.p99),
-                    at_connections(&self.journal)
-                ),
+                figure: if journal_summary.rounds == 1 {
+                    format!(
+                        "{} ms{}",
+                        ms(journal.latency_ms.p99),
+                        at_connections(journal)
+                    )
+                } else {
+                    format!(
+                        "{} ms (round {}, the journal median; {} ms over the rounds){}",
+                        ms(journal.latency_ms.p99),
+                        journal_summary.median + 1,
+                        range(journal_summary.p99_ms, ms),
+                        at_connections(journal)
+                    )
+                },
                 pass: Some(
-                    self.journal.latency_ms.p99 < JOURNAL_MAX_P99_MS
-                        && self.journal.connections == TARGET_CONNECTIONS,
+                    journal.latency_ms.p99 < JOURNAL_MAX_P99_MS
+                        && journal.connections == TARGET_CONNECTIONS,
                 ),
                 profile_hint: "what the slowest 1% of journal-mode requests wait for",
             },
@@ -483,20 +714,29 @@ impl Results {
             },
             Target {
                 what: "sync mode: how many times slower".to_owned(),
+                // Ratios of ratios: each mode's median round against its own ceiling, so that
+                // the ceilings' drift between rounds cancels out.
                 figure: format!(
-                    "{} slower than buffered + journal, {} slower than buffered + memory",
-                    times(self.journal.requests_per_sec / self.sync.requests_per_sec),
-                    times(self.memory.requests_per_sec / self.sync.requests_per_sec),
+                    "{} slower than buffered + journal, {} slower than buffered + memory{}",
+                    times(ratio(Mode::Journal) / ratio(Mode::Sync)),
+                    times(ratio(Mode::Memory) / ratio(Mode::Sync)),
+                    if self.rounds.len() == 1 {
+                        ""
+                    } else {
+                        " (median rounds, each as a ratio to its own round's ceiling)"
+                    }
                 ),
                 pass: None,
                 profile_hint: "",
             },
             Target {
                 what: "every increment run verified exact in PostgreSQL".to_owned(),
-                figure: if exact {
-                    "memory, journal and sync: exact".to_owned()
-                } else {
-                    "at least one run's totals differ from what was acknowledged".to_owned()
+                figure: match (exact, self.rounds.len()) {
+                    (true, 1) => "memory, journal and sync: exact".to_owned(),
+                    (true, n) => format!("memory, journal and sync, all {n} rounds: exact"),
+                    (false, _) => {
+                        "at least one run's totals differ from what was acknowledged".to_owned()
+                    }
                 },
                 pass: Some(exact),
                 profile_hint: "",
@@ -533,6 +773,26 @@ fn times(factor: f64) -> String {
     format!("{factor:.1}x")
 }
 
+/// `3 rounds`, `1 round`.
+fn rounds_text(rounds: usize) -> String {
+    match rounds {
+        1 => "1 round".to_owned(),
+        n => format!("{n} rounds"),
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or(String::new(), |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+/// A (min, max) pair as `min–max`, each formatted by `format`.
+fn range((lo, hi): (f64, f64), format: fn(f64) -> String) -> String {
+    format!("{}–{}", format(lo), format(hi))
+}
+
 fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     let run = &results.run;
     let m = &results.machine;
@@ -543,39 +803,34 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     writeln!(
         w,
         "Tally measured on one machine, in one run of `bench/run` (started {}, commit `{}`), with \
-         the load generator on the same machine as the server. Each throughput is also given as \
-         a ratio to the HTTP ceiling the same client measured in the same run.",
-        run.started, run.commit
+         the load generator on the same machine as the server: {}, each measuring the HTTP \
+         ceiling and then the three modes back to back. Each throughput is also given as a \
+         ratio to the HTTP ceiling the same client measured in the same round, and each mode is \
+         reported by its median round (see [Rounds](#rounds)).",
+        run.started,
+        run.commit,
+        rounds_text(results.rounds.len())
     )?;
-    if run.duration_secs < MIN_TRUSTED_SECONDS {
+    if run.duration_secs < MIN_TRUSTED_SECONDS || results.rounds.len() < MIN_TRUSTED_ROUNDS {
         writeln!(w)?;
         writeln!(
             w,
-            "> **Short run ({} per measurement): the figures are noisy. Run `bench/run` with the \
-             default duration or longer before reading anything into them.**",
-            run.duration
+            "> **Short run ({} per measurement, {}): the figures are noisy. Run `bench/run` with \
+             the default duration and number of rounds, or more, before reading anything into \
+             them.**",
+            run.duration,
+            rounds_text(results.rounds.len())
         )?;
     }
-    let implausible: Vec<String> = results
-        .rows()
-        .iter()
-        .filter(|r| r.ratio > MAX_PLAUSIBLE_RATIO)
-        .map(|r| {
-            format!(
-                "{} ({}) at {} of its ceiling",
-                r.mode,
-                r.client,
-                percent(r.ratio)
-            )
-        })
-        .collect();
+    let implausible = results.implausible();
     if !implausible.is_empty() {
         writeln!(w)?;
         writeln!(
             w,
-            "> **Disturbed run: {}. A route that does work cannot outrun one that does none, so \
-             something else used the CPU during part of this run, and its ratios cannot be \
-             trusted. Run it again on a quiet machine.**",
+            "> **Disturbed measurements: {}. A route that does work cannot outrun one that does \
+             none, so something else used the CPU during them, and their ratios cannot be \
+             trusted; a median round absorbs disturbed rounds only while they are fewer than \
+             half. Run it again on a quiet machine.**",
             implausible.join("; ")
         )?;
     }
@@ -583,8 +838,11 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     writeln!(w, "Re-run (rewrites this page and `{svg_link}`):")?;
     writeln!(w)?;
     writeln!(w, "```sh")?;
-    writeln!(w, "bench/run                  # 10 s per measurement")?;
-    writeln!(w, "DURATION=30s bench/run     # longer, steadier figures")?;
+    writeln!(
+        w,
+        "bench/run                          # 3 rounds of 10 s per measurement"
+    )?;
+    writeln!(w, "ROUNDS=5 DURATION=20s bench/run    # steadier figures")?;
     writeln!(w, "```")?;
     writeln!(w)?;
     writeln!(
@@ -619,9 +877,13 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     writeln!(w)?;
     writeln!(
         w,
-        "{} per measurement after a {} warm-up, {} connections, `POST /increment` with keys drawn \
-         uniformly from {}. The ceiling is `GET /health` on a memory-mode server: the same \
-         HTTP stack doing no work.",
+        "{}; in each, {} per measurement after a {} warm-up, {} connections, `POST /increment` \
+         with keys drawn uniformly from {}. The ceiling is `GET /health` on a memory-mode \
+         server: the same HTTP stack doing no work. Each `tally load` row is its mode's median \
+         round (column \"round\"), read against the ceiling of that same round, with the \
+         min–max of that ratio over all the rounds; the ceiling's row is the round with the \
+         median ceiling. wrk runs once, after the rounds.",
+        capitalized(&rounds_text(results.rounds.len())),
         run.duration,
         run.warmup,
         run.connections,
@@ -632,16 +894,26 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     writeln!(w)?;
     writeln!(
         w,
-        "| mode | client | connections | requests | requests/s | of the ceiling | p50 ms | p99 ms | p99.9 ms | not 2xx | totals in PostgreSQL |"
+        "| mode | client | round | connections | requests | requests/s | of the ceiling | min–max over the rounds | p50 ms | p99 ms | p99.9 ms | not 2xx | totals in PostgreSQL |"
     )?;
     writeln!(
         w,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )?;
     for r in results.rows() {
+        let (round, ratio_spread) = match &r.rounds {
+            Some(s) if s.mode == Mode::Health => {
+                (format!("{} of {}", s.median + 1, s.rounds), "—".to_owned())
+            }
+            Some(s) => (
+                format!("{} of {}", s.median + 1, s.rounds),
+                range(s.ratio, percent),
+            ),
+            None => ("after the rounds".to_owned(), "one run".to_owned()),
+        };
         writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {round} | {} | {} | {} | {} | {ratio_spread} | {} | {} | {} | {} | {} |",
             r.mode,
             r.client,
             r.connections,
@@ -656,13 +928,83 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
         )?;
     }
     writeln!(w)?;
+    let ceiling = results.summary(Mode::Health);
+    let median_ceiling = results.rounds[ceiling.median].health.requests_per_sec;
+    let (lo, hi) = ceiling.requests_per_sec;
     writeln!(
         w,
-        "\"not 2xx\" counts answers other than 2xx plus connection errors and timeouts. wrk's \
+        "The ceiling ranged from {} to {} requests/s over the {}: a spread of {} of its median. \
+         \"not 2xx\" counts answers other than 2xx plus connection errors and timeouts. wrk's \
          latency distribution stops at p99; it cannot check totals, `tally load --verify` does: \
          after the load it waits until PostgreSQL holds every acknowledged increment and compares \
-         every key's total."
+         every key's total.",
+        thousands(lo),
+        thousands(hi),
+        rounds_text(results.rounds.len()),
+        percent((hi - lo) / median_ceiling)
     )?;
+
+    writeln!(w)?;
+    writeln!(w, "## Rounds")?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "Every round as measured, in order: requests/s, its ratio to the ceiling of the same \
+         round, and p99 latency. The round reported for each mode is in bold."
+    )?;
+    writeln!(w)?;
+    let numbers: Vec<usize> = (1..=results.rounds.len()).collect();
+    writeln!(
+        w,
+        "| mode |{}",
+        numbers
+            .iter()
+            .map(|n| format!(" round {n} |"))
+            .collect::<String>()
+    )?;
+    writeln!(w, "| --- |{}", " ---: |".repeat(numbers.len()))?;
+    for mode in Mode::ALL {
+        let median = results.summary(mode).median;
+        let cells: String = results
+            .rounds
+            .iter()
+            .enumerate()
+            .map(|(i, round)| {
+                let load = round.load(mode);
+                let cell = if mode == Mode::Health {
+                    format!(
+                        "{}/s, p99 {} ms",
+                        thousands(load.requests_per_sec),
+                        ms(load.latency_ms.p99)
+                    )
+                } else {
+                    format!(
+                        "{}/s ({}), p99 {} ms",
+                        thousands(load.requests_per_sec),
+                        percent(round.ratio(mode)),
+                        ms(load.latency_ms.p99)
+                    )
+                };
+                if i == median {
+                    format!(" **{cell}** |")
+                } else {
+                    format!(" {cell} |")
+                }
+            })
+            .collect();
+        writeln!(w, "| {} |{cells}", mode.label())?;
+    }
+    writeln!(w)?;
+    let unclean = results.unclean_rounds();
+    if unclean.is_empty() {
+        writeln!(
+            w,
+            "In every round, every answer was 2xx and every increment mode's totals were exact in \
+             PostgreSQL."
+        )?;
+    } else {
+        writeln!(w, "**Not every round was clean: {}.**", unclean.join("; "))?;
+    }
 
     let f = &results.flush;
     writeln!(w)?;
@@ -730,7 +1072,7 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     writeln!(w)?;
     writeln!(w, "## Targets")?;
     writeln!(w)?;
-    writeln!(w, "| target | this run | result |")?;
+    writeln!(w, "| target | this run (median rounds) | result |")?;
     writeln!(w, "| --- | --- | --- |")?;
     for t in &targets {
         let verdict = match t.pass {
@@ -756,6 +1098,25 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
          requests), and sync mode after PostgreSQL committed the increment. Short runs, and \
          runs on a machine doing anything else, move these figures by several percent.",
         m.cores
+    )?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "Why rounds and medians: on a shared machine the same measurement moves by 10-15% from \
+         one run of a few seconds to the next, as other programs take the cores from the \
+         server, the client and PostgreSQL in turn, so a mode measured once, minutes apart from \
+         its ceiling, gives a ratio that says more about that noise than about Tally. \
+         `bench/run` therefore measures in rounds: each round measures the ceiling and then the \
+         three modes back to back, and each mode is read against the ceiling of its own round, \
+         seconds away rather than minutes, so that slow drifts of the machine cancel out. Each \
+         mode is then reported by the round whose ratio is the median, and the targets are \
+         judged on it: a disturbed measurement, of the mode or of its ceiling, pushes its \
+         round's ratio towards one end, away from the median, as long as fewer than half of the \
+         rounds are disturbed. The median is a round that was measured, not an average, so its \
+         requests/s, latencies and verification belong together; with an even number of rounds \
+         it is the lower of the two middle ones. The min–max of each ratio, the ceiling's \
+         spread and the table of every round show how noisy the run was: a target that passes \
+         on the median while some rounds miss it is close to its limit on this machine."
     )?;
 
     let failed: Vec<&Target> = targets
@@ -793,7 +1154,8 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Two panels, requests/s and p99 per mode, one bar per row of the table.
+/// Two panels, requests/s and p99 per mode, one bar per row of the table: the median round of
+/// each mode, with a whisker from the lowest to the highest value over the rounds.
 fn chart(results: &Results, path: &Path) -> anyhow::Result<()> {
     let rows = results.rows();
     let labels: Vec<String> = rows
@@ -809,20 +1171,42 @@ fn chart(results: &Results, path: &Path) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let colour = |r: &Row| match r.client {
-        "wrk" => RGBColor(230, 126, 34),
-        _ => RGBColor(41, 98, 166),
+    let colours: Vec<RGBColor> = rows
+        .iter()
+        .map(|r| match r.client {
+            "wrk" => RGBColor(230, 126, 34),
+            _ => RGBColor(41, 98, 166),
+        })
+        .collect();
+    // One round has nothing to spread over.
+    let whiskers = |of: fn(&Summary) -> (f64, f64)| -> Vec<Option<(f64, f64)>> {
+        rows.iter()
+            .map(|r| r.rounds.as_ref().filter(|s| s.rounds > 1).map(of))
+            .collect()
     };
-    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 540)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
+    let (title, body) = root.split_vertically(60);
     title.draw(&Text::new(
         format!(
-            "Tally, {} connections, {} per mode, client on the same {} cores (blue: tally load, orange: wrk)",
+            "Tally, {} connections, {} per mode, client on the same {} cores",
             results.run.connections, results.run.duration, results.machine.cores
         ),
-        (20, 12),
+        (20, 10),
         ("sans-serif", 18).into_font(),
+    ))?;
+    let rounds = results.rounds.len();
+    title.draw(&Text::new(
+        if rounds > 1 {
+            format!(
+                "blue: tally load, median round of {rounds}, whiskers from the lowest to the \
+                 highest round; orange: wrk, one run"
+            )
+        } else {
+            "blue: tally load, 1 round; orange: wrk, one run".to_owned()
+        },
+        (20, 36),
+        ("sans-serif", 14).into_font(),
     ))?;
     let panels = body.split_evenly((1, 2));
     let throughput: Vec<f64> = rows.iter().map(|r| r.requests_per_sec).collect();
@@ -832,7 +1216,8 @@ fn chart(results: &Results, path: &Path) -> anyhow::Result<()> {
         "requests/s",
         &labels,
         &throughput,
-        &rows.iter().map(colour).collect::<Vec<_>>(),
+        &whiskers(|s| s.requests_per_sec),
+        &colours,
         thousands,
     )?;
     bar_panel(
@@ -840,25 +1225,35 @@ fn chart(results: &Results, path: &Path) -> anyhow::Result<()> {
         "p99 latency, ms",
         &labels,
         &p99,
-        &rows.iter().map(colour).collect::<Vec<_>>(),
+        &whiskers(|s| s.p99_ms),
+        &colours,
         ms,
     )?;
     root.present()?;
     Ok(())
 }
 
+/// Bars of `values`, each labelled with its value; where `whiskers` has a (min, max), a black
+/// line between the two with a cap at each end.
 fn bar_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
     labels: &[String],
     values: &[f64],
+    whiskers: &[Option<(f64, f64)>],
     colours: &[RGBColor],
     format: fn(f64) -> String,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let top = values
+    // The label of a bar goes above its whisker, if it has one.
+    let label_at: Vec<f64> = values
+        .iter()
+        .zip(whiskers)
+        .map(|(v, w)| w.map_or(*v, |(_, hi)| hi.max(*v)))
+        .collect();
+    let top = label_at
         .iter()
         .copied()
         .fold(0.0, f64::max)
@@ -896,17 +1291,45 @@ where
         bar.set_margin(0, 0, 10, 10);
         bar
     }))?;
+    let whisker_style = BLACK.stroke_width(1);
+    let spans: Vec<(usize, f64, f64)> = whiskers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.map(|(lo, hi)| (i, lo, hi)))
+        .collect();
+    chart.draw_series(spans.iter().map(|&(i, lo, hi)| {
+        PathElement::new(
+            vec![
+                (SegmentValue::CenterOf(i), lo),
+                (SegmentValue::CenterOf(i), hi),
+            ],
+            whisker_style,
+        )
+    }))?;
+    chart.draw_series(
+        spans
+            .iter()
+            .flat_map(|&(i, lo, hi)| [(i, lo), (i, hi)])
+            .map(|(i, y)| {
+                EmptyElement::at((SegmentValue::CenterOf(i), y))
+                    + PathElement::new(vec![(-6, 0), (6, 0)], whisker_style)
+            }),
+    )?;
     let label_style = ("sans-serif", 12)
         .into_font()
         .into_text_style(area)
         .pos(Pos::new(HPos::Center, VPos::Bottom));
-    chart.draw_series(values.iter().enumerate().map(|(i, v)| {
-        Text::new(
-            format(*v),
-            (SegmentValue::CenterOf(i), *v),
-            label_style.clone(),
-        )
-    }))?;
+    // A few pixels up, clear of a whisker's cap.
+    chart.draw_series(
+        values
+            .iter()
+            .zip(&label_at)
+            .enumerate()
+            .map(|(i, (v, at))| {
+                EmptyElement::at((SegmentValue::CenterOf(i), *at))
+                    + Text::new(format(*v), (0, -3), label_style.clone())
+            }),
+    )?;
     Ok(())
 }
 
@@ -989,6 +1412,175 @@ Transfer/sec:      7.08MB
         assert_eq!((p.keys, p.key_bytes), (1_000_000, 36));
         assert_eq!(p.resident_mib, 96.0);
         assert_eq!(p.bytes_per_key, 101.0);
+    }
+
+    /// A `tally load --json` report with the fields the report reads.
+    fn load(requests_per_sec: f64, p99: f64) -> Load {
+        Load {
+            connections: 64,
+            requests: (requests_per_sec * 10.0) as u64,
+            requests_per_sec,
+            latency_ms: Latency {
+                p50: p99 / 4.0,
+                p99,
+                p99_9: p99 * 2.0,
+            },
+            statuses: BTreeMap::from([("202".to_owned(), (requests_per_sec * 10.0) as u64)]),
+            connection_errors: 0,
+            timeouts: 0,
+            verify: None,
+        }
+    }
+
+    /// A round from its requests/s: ceiling, memory, journal, sync.
+    fn round(health: f64, memory: f64, journal: f64, sync: f64) -> Round {
+        Round {
+            health: load(health, 1.0),
+            memory: load(memory, 2.0),
+            journal: load(journal, 3.0),
+            sync: load(sync, 40.0),
+        }
+    }
+
+    #[test]
+    fn median_of_an_odd_number_of_rounds_is_the_middle_one() {
+        assert_eq!(median_index(&[0.7]), 0);
+        assert_eq!(median_index(&[0.90, 0.80, 0.95]), 0);
+        assert_eq!(median_index(&[0.95, 0.90, 0.80]), 1);
+        assert_eq!(median_index(&[0.5, 0.9, 0.7, 0.6, 0.8]), 2);
+    }
+
+    #[test]
+    fn median_of_an_even_number_of_rounds_is_the_lower_middle_one() {
+        assert_eq!(median_index(&[0.9, 0.8]), 1);
+        assert_eq!(median_index(&[0.8, 0.9]), 0);
+        // Sorted: 0.80 (1), 0.85 (3), 0.90 (0), 0.95 (2).
+        assert_eq!(median_index(&[0.90, 0.80, 0.95, 0.85]), 3);
+    }
+
+    #[test]
+    fn median_of_equal_values_keeps_the_earlier_round() {
+        assert_eq!(median_index(&[0.8, 0.8, 0.8]), 1);
+        assert_eq!(median_index(&[0.8, 0.8]), 0);
+    }
+
+    #[test]
+    fn spread_is_the_lowest_and_the_highest_value() {
+        assert_eq!(spread(&[0.90, 0.80, 0.95, 0.85]), (0.80, 0.95));
+        assert_eq!(spread(&[0.7]), (0.7, 0.7));
+        assert_eq!(range((0.8, 0.95), percent), "80.0%–95.0%");
+    }
+
+    #[test]
+    fn a_mode_is_reported_by_its_median_ratio_to_the_ceiling_of_its_own_round() {
+        // Memory's ratios are 0.90, 0.96 and 0.75: the median is round 1 (index 0), although
+        // by requests/s alone (90, 48, 60) it would be round 3.
+        let rounds = [
+            round(100.0, 90.0, 70.0, 10.0),
+            round(50.0, 48.0, 30.0, 6.0),
+            round(80.0, 60.0, 56.0, 8.0),
+        ];
+        let memory = summarize(&rounds, Mode::Memory);
+        assert_eq!(memory.median, 0);
+        assert_eq!(memory.rounds, 3);
+        assert_eq!(memory.ratio, (0.75, 0.96));
+        assert_eq!(memory.requests_per_sec, (48.0, 90.0));
+        // Journal's ratios are 0.70, 0.60 and 0.70: the earlier of the two 0.70s.
+        assert_eq!(summarize(&rounds, Mode::Journal).median, 0);
+        // The ceiling itself: the median requests/s, 80.
+        let ceiling = summarize(&rounds, Mode::Health);
+        assert_eq!(ceiling.median, 2);
+        assert_eq!(ceiling.requests_per_sec, (50.0, 100.0));
+        assert_eq!(ceiling.ratio, (1.0, 1.0));
+        // The row shows the median round against its own ceiling, with the spread.
+        let row = load_row(Mode::Memory, &rounds);
+        assert_eq!(row.requests_per_sec, 90.0);
+        assert_eq!(row.ratio, 0.9);
+        assert_eq!(row.rounds.unwrap().ratio, (0.75, 0.96));
+    }
+
+    #[test]
+    fn with_two_rounds_a_mode_is_reported_by_its_lower_ratio() {
+        let rounds = [
+            round(100.0, 90.0, 70.0, 10.0),
+            round(100.0, 85.0, 75.0, 9.0),
+        ];
+        assert_eq!(summarize(&rounds, Mode::Memory).median, 1);
+        assert_eq!(summarize(&rounds, Mode::Journal).median, 0);
+        assert_eq!(summarize(&rounds, Mode::Sync).median, 1);
+    }
+
+    #[test]
+    fn a_results_directory_with_rounds_gives_a_page_and_a_chart() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "run.json",
+            r#"{"duration":"10s","duration_secs":10,"rounds":2,"warmup":"2s","connections":64,
+                "keys":100000,"commit":"abc1234","started":"2026-01-01T00:00:00Z"}"#,
+        );
+        write(
+            "machine.json",
+            r#"{"cpu":"test CPU","cores":2,"memory":"4.0 GiB","kernel":"Linux","os":"Debian",
+                "load_average":"0.00 0.00 0.00","rustc":"rustc","wrk":"wrk","date":"today"}"#,
+        );
+        let verify = r#"{"exact":true,"keys":10,"increments":100,"freshness_ms":12.0}"#;
+        for (number, [health, memory, journal, sync]) in
+            [(1, [100.0, 90.0, 70.0, 10.0]), (2, [80.0, 76.0, 50.0, 9.0])]
+        {
+            for (mode, rate, verify) in [
+                ("health", health, "null"),
+                ("memory", memory, verify),
+                ("journal", journal, verify),
+                ("sync", sync, verify),
+            ] {
+                write(
+                    &format!("load-{mode}-{number}.json"),
+                    &format!(
+                        r#"{{"connections":64,"requests":1000,"requests_per_sec":{rate},
+                            "latency_ms":{{"p50":0.5,"p99":{number}.5,"p99_9":3.0}},
+                            "statuses":{{"202":1000}},"connection_errors":0,"timeouts":0,
+                            "verify":{verify}}}"#
+                    ),
+                );
+            }
+        }
+        write("wrk-health.txt", WRK);
+        write("wrk-memory.txt", WRK);
+        write(
+            "flush.json",
+            r#"{"keys":1000000,"key_bytes":36,"database":"managed","server_version":"PostgreSQL",
+                "sort_seconds":0.5,"insert":{"seconds":3.0,"rows_per_sec":333333},
+                "update":{"seconds":4.0,"rows_per_sec":250000}}"#,
+        );
+        write(
+            "memory.txt",
+            "1000000 pending keys of 36 bytes: 96.0 MiB resident, 101 bytes per key\n",
+        );
+        write("commands.txt", "# a step\ntally serve\n");
+
+        let results = Results::read(dir.path()).unwrap();
+        let page = markdown(&results, "bench/results.svg").unwrap();
+        // Memory: ratios 0.90 and 0.95, so round 1; journal: 0.70 and 0.625, so round 2.
+        assert!(
+            page.contains("| buffered + memory | tally load | 1 of 2 |"),
+            "{page}"
+        );
+        assert!(page.contains("| buffered + journal | tally load | 2 of 2 |"));
+        assert!(page.contains("| 90.0%–95.0% |"));
+        assert!(page.contains("| mode | round 1 | round 2 |"));
+        assert!(page.contains("**90/s (90.0%), p99 1.50 ms**"));
+        assert!(page.contains("every increment mode's totals were exact"));
+        assert!(page.contains("Short run (10s per measurement, 2 rounds)"));
+        assert!(page.contains("| buffered + memory >= 85% of the HTTP ceiling | 90.0% (round 1 of 2: 90 of 100 requests/s; 90.0%–95.0% over the rounds) | PASS |"));
+        let svg = dir.path().join("results.svg");
+        chart(&results, &svg).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().ends_with("</svg>\n"));
+
+        // A round's file missing stops the report.
+        std::fs::remove_file(dir.path().join("load-sync-2.json")).unwrap();
+        let error = format!("{:#}", Results::read(dir.path()).err().unwrap());
+        assert!(error.contains("load-sync-2.json"), "{error}");
     }
 
     #[test]
