@@ -1,0 +1,1411 @@
+//! The deployment files (`deploy/`, `Dockerfile`) checked with what runs on this machine. The
+//! compose stack itself needs a Docker engine, which the development machines and CI do not
+//! have, so each part is checked on its own and against the others:
+//!
+//! - HAProxy parses the balancer config (`haproxy -c`), which checks `/ready` and never resends
+//!   a request that may have reached a node;
+//! - promtool checks the Prometheus config and the alert rules and runs the rules' unit tests;
+//! - every metric and label that the dashboard and the alerts name appears in the `/metrics` of
+//!   a real node, and the dashboard shows every metric Tally exports;
+//! - a real Prometheus scrapes a real node with the stack's relabelling and alert rules: every
+//!   dashboard query returns data and every rule evaluates without error;
+//! - the compose file agrees with haproxy.cfg, prometheus.yml and the Grafana provisioning, and
+//!   `docker compose config` validates it where the compose plugin is installed;
+//! - the Dockerfile has the expected shape, and its HEALTHCHECK command is run against a node.
+//!
+//! `haproxy`, `promtool` and `prometheus` come from Debian's `haproxy` and `prometheus`
+//! packages, which scripts/test installs; a test that misses one fails and says so.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::app::TestApp;
+use reqwest::StatusCode;
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+
+const COMPOSE: &str = "deploy/compose.yaml";
+const HAPROXY_CFG: &str = "deploy/haproxy/haproxy.cfg";
+const PROMETHEUS_YML: &str = "deploy/prometheus/prometheus.yml";
+const ALERTS_YML: &str = "deploy/prometheus/alerts.yml";
+const ALERT_TESTS_YML: &str = "deploy/prometheus/tests.yml";
+const DASHBOARD: &str = "deploy/grafana/dashboards/tally.json";
+const DATASOURCES: &str = "deploy/grafana/provisioning/datasources/prometheus.yml";
+const DASHBOARD_PROVIDERS: &str = "deploy/grafana/provisioning/dashboards/tally.yml";
+
+// ---------------------------------------------------------------------------------------------
+// HAProxy
+
+#[test]
+fn haproxy_accepts_the_balancer_config() {
+    let out = run("haproxy", &["-c", "-f", HAPROXY_CFG]);
+    let text = output_text(&out);
+    assert!(
+        out.status.success(),
+        "haproxy -c rejected {HAPROXY_CFG}:\n{text}"
+    );
+    // The node names resolve only inside compose; `init-addr ... none` lets HAProxy start
+    // without them, with a warning. Any other warning is a mistake in the file.
+    for line in text.lines().filter(|l| l.contains("[WARNING]")) {
+        assert!(
+            line.contains("could not resolve address 'tally-"),
+            "haproxy -c warns about {HAPROXY_CFG}: {line}"
+        );
+    }
+}
+
+#[test]
+fn haproxy_sends_requests_only_to_ready_nodes_and_never_resends_one() {
+    let cfg = HaproxyConfig::parse(&read(HAPROXY_CFG));
+    let backend = cfg.section("backend tally");
+    for directive in [
+        "option httpchk GET /ready",
+        "http-check expect status 200",
+        "http-reuse safe",
+        "option redispatch 1",
+    ] {
+        assert!(
+            backend.iter().any(|d| d == directive)
+                || cfg.section("defaults").contains(&directive.to_owned()),
+            "{HAPROXY_CFG}: the tally backend lacks `{directive}`"
+        );
+    }
+    // An increment is not idempotent: the only retry allowed is one where the request was
+    // never sent, wherever a `retry-on` is written.
+    let retry_on: Vec<&String> = cfg
+        .sections
+        .iter()
+        .flat_map(|(_, directives)| directives)
+        .filter(|d| d.starts_with("retry-on"))
+        .collect();
+    assert_eq!(
+        retry_on,
+        ["retry-on conn-failure"],
+        "{HAPROXY_CFG}: retry-on"
+    );
+    let (inter, fall) = cfg.check_timing();
+    assert!(
+        inter <= Duration::from_secs(2) && fall <= 3,
+        "checks too slow to drain a node: inter {inter:?}, fall {fall}"
+    );
+    let servers: BTreeSet<String> = cfg.servers().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        servers,
+        compose_nodes(&compose()),
+        "{HAPROXY_CFG}: one server per Tally node of {COMPOSE}"
+    );
+    for (name, addr) in cfg.servers() {
+        assert_eq!(
+            addr,
+            format!("{name}:3333"),
+            "{HAPROXY_CFG}: server {name} must name its compose service"
+        );
+    }
+}
+
+/// The directives of haproxy.cfg by section, comments and blank lines left out.
+struct HaproxyConfig {
+    sections: Vec<(String, Vec<String>)>,
+}
+
+impl HaproxyConfig {
+    fn parse(text: &str) -> HaproxyConfig {
+        let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+        for line in text.lines() {
+            let content = line.split('#').next().unwrap().trim_end();
+            if content.trim().is_empty() {
+                continue;
+            }
+            let words = content.split_whitespace().collect::<Vec<_>>().join(" ");
+            if content.starts_with(char::is_whitespace) {
+                let (_, directives) = sections.last_mut().expect("a directive before any section");
+                directives.push(words);
+            } else {
+                sections.push((words, Vec::new()));
+            }
+        }
+        HaproxyConfig { sections }
+    }
+
+    fn section(&self, header: &str) -> &Vec<String> {
+        &self
+            .sections
+            .iter()
+            .find(|(h, _)| h == header)
+            .unwrap_or_else(|| panic!("{HAPROXY_CFG} has no `{header}` section"))
+            .1
+    }
+
+    /// `(name, address)` of each server of the tally backend.
+    fn servers(&self) -> Vec<(String, String)> {
+        self.section("backend tally")
+            .iter()
+            .filter_map(|d| d.strip_prefix("server "))
+            .map(|rest| {
+                let mut words = rest.split(' ');
+                (
+                    words.next().unwrap().to_owned(),
+                    words.next().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The health check interval and the failures that take a server down, from
+    /// `default-server` (HAProxy's defaults are 2 s and 3).
+    fn check_timing(&self) -> (Duration, u32) {
+        let default_server = self
+            .section("backend tally")
+            .iter()
+            .find(|d| d.starts_with("default-server "))
+            .expect("the tally backend has a default-server line");
+        let words: Vec<&str> = default_server.split(' ').collect();
+        let after = |key: &str| words.iter().position(|w| *w == key).map(|i| words[i + 1]);
+        let inter = after("inter").map_or(Duration::from_secs(2), |v| {
+            humantime::parse_duration(v).expect("inter is a duration")
+        });
+        let fall = after("fall").map_or(3, |v| v.parse().expect("fall is a number"));
+        (inter, fall)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus and the alert rules
+
+#[test]
+fn promtool_accepts_the_prometheus_config_and_the_alert_rules() {
+    for args in [
+        ["check", "config", PROMETHEUS_YML],
+        ["check", "rules", ALERTS_YML],
+    ] {
+        let out = run("promtool", &args);
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}",
+            args.join(" "),
+            output_text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_their_unit_tests() {
+    let out = run("promtool", &["test", "rules", ALERT_TESTS_YML]);
+    assert!(
+        out.status.success(),
+        "promtool test rules {ALERT_TESTS_YML}:\n{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn every_alert_has_a_runbook_and_a_test_that_fires_it_beside_series_that_do_not() {
+    let alerts = alert_rules();
+    assert!(
+        alerts.len() >= 5,
+        "{ALERTS_YML} has only {} alerts",
+        alerts.len()
+    );
+    let tests = yaml(ALERT_TESTS_YML);
+    let runbook = std::fs::read_to_string(root().join("docs/operations.md")).ok();
+    for rule in &alerts {
+        let name = str_at(rule, &["alert"]);
+        let severity = str_at(rule, &["labels", "severity"]);
+        assert!(
+            ["critical", "warning"].contains(&severity),
+            "{name}: severity {severity}"
+        );
+        for key in ["summary", "description"] {
+            assert!(
+                !str_at(rule, &["annotations", key]).trim().is_empty(),
+                "{name}: no {key}"
+            );
+        }
+        let anchor = name.to_lowercase();
+        assert_eq!(
+            str_at(rule, &["annotations", "runbook_url"]),
+            format!("docs/operations.md#{anchor}"),
+            "{name}: runbook_url"
+        );
+        // Once the runbook exists, each link must land on a heading of it.
+        if let Some(runbook) = &runbook {
+            assert!(
+                has_anchor(runbook, &anchor),
+                "docs/operations.md has no heading for #{anchor} ({name})"
+            );
+        }
+        // A test where the alert fires for some instances while others have series too.
+        let fires_beside_quiet_series = seq(&tests, "tests").iter().any(|test| {
+            let instances: BTreeSet<String> = seq(test, "input_series")
+                .iter()
+                .filter_map(|s| label_value(str_at(s, &["series"]), "instance"))
+                .collect();
+            seq(test, "alert_rule_test").iter().any(|case| {
+                let fired: BTreeSet<String> = seq(case, "exp_alerts")
+                    .iter()
+                    .map(|a| str_at(a, &["exp_labels", "instance"]).to_owned())
+                    .collect();
+                str_at(case, &["alertname"]) == name
+                    && !fired.is_empty()
+                    && fired.is_subset(&instances)
+                    && fired.len() < instances.len()
+            })
+        });
+        assert!(
+            fires_beside_quiet_series,
+            "{ALERT_TESTS_YML} has no test where {name} fires for one series and not for another"
+        );
+    }
+}
+
+/// Whether a Markdown page has a heading whose GitHub anchor is `anchor`, or an explicit
+/// `id`/`name` attribute with that value.
+fn has_anchor(markdown: &str, anchor: &str) -> bool {
+    let slug = |heading: &str| -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    };
+    markdown.lines().any(|line| {
+        line.trim_start().starts_with('#') && slug(line.trim_start_matches('#')) == anchor
+            || line.contains(&format!("id=\"{anchor}\""))
+            || line.contains(&format!("name=\"{anchor}\""))
+    })
+}
+
+fn alert_rules() -> Vec<Yaml> {
+    seq(&yaml(ALERTS_YML), "groups")
+        .iter()
+        .flat_map(|g| seq(g, "rules").to_vec())
+        .filter(|r| r.get("alert").is_some())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dashboard
+
+#[test]
+fn the_dashboard_is_provisioned_and_every_panel_queries_the_selected_nodes() {
+    let dashboard = dashboard();
+    assert_eq!(dashboard["uid"], "tally");
+    assert!(
+        dashboard["schemaVersion"].as_u64().unwrap() >= 36,
+        "schemaVersion"
+    );
+    let datasource_uid = str_at(&seq(&yaml(DATASOURCES), "datasources")[0], &["uid"]).to_owned();
+
+    let node = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "node")
+        .expect("a `node` template variable");
+    assert_eq!(
+        node["query"]["query"],
+        "label_values(tally_build_info, instance)"
+    );
+    assert_eq!(node["datasource"]["uid"], datasource_uid.as_str());
+
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut areas: Vec<(String, [u64; 4])> = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(!title.is_empty(), "a panel without a title: {panel}");
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "two panels with id {}",
+            panel["id"]
+        );
+        let g = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_u64().unwrap());
+        assert!(x + w <= 24 && w > 0 && h > 0, "{title}: gridPos {g}");
+        for (other, [ox, oy, ow, oh]) in &areas {
+            let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+            assert!(!overlap, "panels `{title}` and `{other}` overlap");
+        }
+        areas.push((title.to_owned(), [x, y, w, h]));
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"],
+            datasource_uid.as_str(),
+            "{title}: data source"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            assert!(!expr.trim().is_empty(), "{title}: an empty query");
+            assert_eq!(
+                target["datasource"]["uid"],
+                datasource_uid.as_str(),
+                "{title}: data source"
+            );
+            let selectors = tally_selectors(expr);
+            assert!(
+                !selectors.is_empty(),
+                "{title}: `{expr}` reads no Tally metric"
+            );
+            for s in selectors {
+                assert!(
+                    s.matchers
+                        .contains(&("instance".into(), "=~".into(), "$node".into())),
+                    "{title}: {} ignores the node selection in `{expr}`",
+                    s.metric
+                );
+            }
+        }
+    }
+
+    // Freshness is drawn against its 10 s bound.
+    let freshness = panels
+        .iter()
+        .find(|p| {
+            p["type"] == "timeseries"
+                && exprs_of(p)
+                    .iter()
+                    .any(|e| e.contains("tally_oldest_unpersisted"))
+        })
+        .expect("a freshness graph");
+    let defaults = &freshness["fieldConfig"]["defaults"];
+    assert_ne!(
+        defaults["custom"]["thresholdsStyle"]["mode"], "off",
+        "freshness: threshold not drawn"
+    );
+    assert!(
+        defaults["thresholds"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["value"] == 10),
+        "freshness: no threshold at 10 s"
+    );
+
+    // Grafana finds the dashboard where compose mounts it.
+    let providers = yaml(DASHBOARD_PROVIDERS);
+    let provider = &seq(&providers, "providers")[0];
+    let compose = compose();
+    let grafana = service(&compose, "grafana");
+    let mounts = bind_mounts(grafana);
+    let path = str_at(provider, &["options", "path"]);
+    assert!(
+        mounts
+            .iter()
+            .any(|(src, dst)| dst == path && src == "./grafana/dashboards"),
+        "compose does not mount deploy/grafana/dashboards at {path}: {mounts:?}"
+    );
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    // promtool parses rule expressions: each query becomes a recording rule, with Grafana's
+    // variables replaced by values Prometheus accepts.
+    let rules: Vec<Json> = dashboard_queries()
+        .iter()
+        .enumerate()
+        .map(|(i, (title, expr))| {
+            serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": promql(expr, ".*"), "labels": {"panel": title}})
+        })
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&path, serde_yaml_ng::to_string(&file).unwrap()).unwrap();
+    let out = run("promtool", &["check", "rules", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "dashboard queries PromQL rejects:\n{}",
+        output_text(&out)
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_name_only_metrics_and_labels_a_node_exports() {
+    let app = TestApp::spawn().await;
+    exercise(&app).await;
+    let exposition = Exposition::parse(&wait_for_flush(&app).await);
+
+    let mut queries: Vec<(String, String)> = dashboard_queries();
+    queries.extend(alert_rules().iter().map(|r| {
+        (
+            str_at(r, &["alert"]).to_owned(),
+            str_at(r, &["expr"]).to_owned(),
+        )
+    }));
+    let mut used = BTreeSet::new();
+    for (what, expr) in &queries {
+        for s in tally_selectors(expr) {
+            let labels = exposition.samples.get(&s.metric).unwrap_or_else(|| {
+                panic!(
+                    "{what}: `{}` is not exported by Tally (exported: {:?})",
+                    s.metric,
+                    exposition.samples.keys()
+                )
+            });
+            for (label, _, _) in &s.matchers {
+                assert!(
+                    labels.contains(label) || ["instance", "job"].contains(&label.as_str()),
+                    "{what}: {} has no label `{label}` (it has {labels:?})",
+                    s.metric
+                );
+            }
+            used.insert(s.metric);
+        }
+        let known: BTreeSet<&str> = exposition
+            .samples
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let made = label_replace_targets(expr);
+        for label in grouping_labels(expr) {
+            assert!(
+                known.contains(label.as_str())
+                    || ["instance", "job"].contains(&label.as_str())
+                    || made.contains(&label),
+                "{what}: groups by `{label}`, a label no Tally metric has"
+            );
+        }
+    }
+
+    // The dashboard shows every metric a node exports (a histogram through any of its series).
+    let dashboard_used: BTreeSet<String> = dashboard_queries()
+        .iter()
+        .flat_map(|(_, e)| tally_selectors(e))
+        .map(|s| s.metric)
+        .collect();
+    for family in &exposition.families {
+        let shown = dashboard_used.iter().any(|m| {
+            m.strip_prefix(family.as_str())
+                .is_some_and(|rest| ["", "_total", "_bucket", "_sum", "_count"].contains(&rest))
+        });
+        assert!(shown, "{DASHBOARD} has no panel for {family}: add one");
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scraping_a_node_answers_every_dashboard_query_and_evaluates_every_rule()
+{
+    let app = TestApp::spawn().await;
+    let prometheus = Prometheus::start(app.addr.port());
+    let http = reqwest::Client::new();
+
+    // The stack's relabelling names the node by host alone, and the `node` variable lists it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let instance = loop {
+        exercise(&app).await;
+        let values = prometheus
+            .get(
+                &http,
+                "/api/v1/label/instance/values?match[]=tally_build_info",
+            )
+            .await;
+        if let Some(v) = values["data"].as_array().and_then(|a| a.first()) {
+            break v.as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the node: {values}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        instance, "127.0.0.1",
+        "the tally job's relabelling keeps the port"
+    );
+
+    // Traffic until every query has data: rates need a few scrapes of a moving counter.
+    let queries = dashboard_queries();
+    let mut empty: Vec<String>;
+    loop {
+        exercise(&app).await;
+        empty = Vec::new();
+        for (title, expr) in &queries {
+            let expr = promql(expr, &instance);
+            let answer = prometheus.query(&http, &expr).await;
+            assert_eq!(
+                answer["status"], "success",
+                "{title}: `{expr}` failed: {answer}"
+            );
+            if answer["data"]["result"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+            {
+                empty.push(format!("{title}: {expr}"));
+            }
+        }
+        if empty.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+
+    // Every alert rule has been evaluated against real series, without error.
+    loop {
+        let rules = prometheus.get(&http, "/api/v1/rules").await;
+        let rules: Vec<&Json> = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(
+            rules.len(),
+            alert_rules().len(),
+            "Prometheus loaded other rules than {ALERTS_YML}"
+        );
+        if rules.iter().all(|r| r["health"] != "unknown") {
+            for r in rules {
+                assert_eq!(
+                    r["health"], "ok",
+                    "rule {} fails on real series: {}",
+                    r["name"], r["lastError"]
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not evaluate the rules"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A Prometheus server, from Debian's package, scraping one node every second with the tally
+/// job of prometheus.yml (its relabelling included) and the stack's alert rules.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(node_port: u16) -> Prometheus {
+        let mut config = yaml(PROMETHEUS_YML);
+        let mut job = seq(&config, "scrape_configs")
+            .iter()
+            .find(|j| str_at(j, &["job_name"]) == "tally")
+            .expect("a tally scrape job")
+            .clone();
+        job["static_configs"] =
+            serde_yaml_ng::from_str(&format!("[{{targets: ['127.0.0.1:{node_port}']}}]")).unwrap();
+        config["scrape_configs"] = Yaml::Sequence(vec![job]);
+        config["global"]["scrape_interval"] = "1s".into();
+        config["global"]["scrape_timeout"] = "1s".into();
+        config["global"]["evaluation_interval"] = "1s".into();
+        config["rule_files"] =
+            Yaml::Sequence(vec![root().join(ALERTS_YML).to_str().unwrap().into()]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| missing_program("prometheus", e));
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// GET a path of the HTTP API, waiting for the server to be up (it answers 503 in plain
+    /// text while it starts).
+    async fn get(&self, http: &reqwest::Client, path: &str) -> Json {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = match http.get(format!("{}{path}", self.url)).send().await {
+                Ok(r) if r.status() == StatusCode::OK => {
+                    return r.json().await.expect("Prometheus answers JSON");
+                }
+                Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus does not answer {path}: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn query(&self, http: &reqwest::Client, expr: &str) -> Json {
+        let r = http
+            .post(format!("{}/api/v1/query", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("query={}", common::app::encode_path(expr)))
+            .send()
+            .await
+            .expect("Prometheus answers");
+        r.json().await.expect("Prometheus answers JSON")
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dashboard() -> Json {
+    serde_json::from_str(&read(DASHBOARD))
+        .unwrap_or_else(|e| panic!("{DASHBOARD} is not JSON: {e}"))
+}
+
+fn exprs_of(panel: &Json) -> Vec<&str> {
+    panel["targets"]
+        .as_array()
+        .map(|ts| ts.iter().filter_map(|t| t["expr"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// `(panel title, expr)` of every query of the dashboard, the `node` variable's included.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard = dashboard();
+    let mut queries: Vec<(String, String)> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or_default().to_owned();
+            exprs_of(p)
+                .into_iter()
+                .map(move |e| (title.clone(), e.to_owned()))
+        })
+        .collect();
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // label_values(metric, label) reads the series of that metric.
+            let metric = q
+                .trim_start_matches("label_values(")
+                .split(',')
+                .next()
+                .unwrap();
+            queries.push((
+                format!("variable {}", v["name"]),
+                format!("{metric}{{instance=~\"$node\"}}"),
+            ));
+        }
+    }
+    queries
+}
+
+/// A dashboard query as Prometheus takes it: Grafana's variables replaced, `$node` by `node`.
+fn promql(expr: &str, node: &str) -> String {
+    expr.replace("$__rate_interval", "10s")
+        .replace("$node", node)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a node exports
+
+/// Sends the requests that make a node export every labelled series: accepted, rejected
+/// (invalid input) and answered increments, reads, probes and an unknown route.
+async fn exercise(app: &TestApp) {
+    assert_eq!(app.increment("deploy-check", 1).await, StatusCode::ACCEPTED);
+    let batch = r#"[{"key": "deploy-a", "value": 2}, {"key": "deploy-b", "value": 3}]"#;
+    assert_eq!(
+        app.post_json("/increments", batch).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.increment("deploy-check", 0).await,
+        StatusCode::BAD_REQUEST
+    );
+    app.counter("deploy-check").await;
+    for path in ["/health", "/ready", "/openapi.json", "/no-such-route"] {
+        app.http
+            .get(app.url(path))
+            .send()
+            .await
+            .expect("request sent");
+    }
+}
+
+/// The node's /metrics once a flush has been applied, so flush series exist.
+async fn wait_for_flush(app: &TestApp) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = app.metrics().await;
+        if text.contains("tally_flushes_total{outcome=\"applied\"}") {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no flush applied:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sample names of an exposition with their label names, and its metric families.
+struct Exposition {
+    samples: BTreeMap<String, BTreeSet<String>>,
+    families: BTreeSet<String>,
+}
+
+impl Exposition {
+    fn parse(text: &str) -> Exposition {
+        let mut samples: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut families = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                families.insert(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+                let labels = samples.entry(line[..name_end].to_owned()).or_default();
+                if line[name_end..].starts_with('{') {
+                    let (block, _) = read_braces(&line[name_end..]);
+                    labels.extend(parse_matchers(&block).into_iter().map(|(l, _, _)| l));
+                }
+            }
+        }
+        Exposition { samples, families }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A little PromQL: enough to find the metrics, labels and groupings a query names.
+
+/// A selector of a Tally metric in a query: `tally_x{label op "value", ...}`.
+#[derive(Debug)]
+struct Selector {
+    metric: String,
+    matchers: Vec<(String, String, String)>,
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// Every selector of a `tally_*` metric in `expr`.
+fn tally_selectors(expr: &str) -> Vec<Selector> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("tally_").map(|p| p + i) {
+        let starts_word = expr[..at].chars().next_back().is_none_or(|c| !is_ident(c));
+        let end = expr[at..]
+            .find(|c| !is_ident(c))
+            .map_or(expr.len(), |p| p + at);
+        if starts_word {
+            let rest = expr[end..].trim_start();
+            let matchers = if rest.starts_with('{') {
+                parse_matchers(&read_braces(rest).0)
+            } else {
+                Vec::new()
+            };
+            found.push(Selector {
+                metric: expr[at..end].to_owned(),
+                matchers,
+            });
+        }
+        i = end;
+    }
+    found
+}
+
+/// The text inside the braces `s` starts with, quotes honoured, and the rest after them.
+fn read_braces(s: &str) -> (String, &str) {
+    let mut in_quote = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '}' if !in_quote => return (s[1..i].to_owned(), &s[i + 1..]),
+            _ => {}
+        }
+    }
+    panic!("unclosed braces in `{s}`")
+}
+
+/// `label op "value"` matchers, separated by commas.
+fn parse_matchers(block: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut rest = block.trim();
+    while !rest.is_empty() {
+        let name_end = rest.find(|c: char| !is_ident(c)).expect("a label name");
+        let name = rest[..name_end].to_owned();
+        let after = rest[name_end..].trim_start();
+        let op = ["=~", "!~", "!=", "="]
+            .into_iter()
+            .find(|op| after.starts_with(op))
+            .unwrap_or_else(|| panic!("no operator after `{name}` in `{block}`"));
+        let quoted = after[op.len()..].trim_start();
+        assert!(quoted.starts_with('"'), "unquoted value in `{block}`");
+        let mut value = String::new();
+        let mut chars = quoted.char_indices().skip(1);
+        let end = loop {
+            match chars.next().expect("a closing quote") {
+                (_, '\\') => value.push(chars.next().unwrap().1),
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        out.push((name, op.to_owned(), value));
+        rest = quoted[end + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
+    }
+    out
+}
+
+/// The labels named in `by (...)` clauses.
+fn grouping_labels(expr: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("by").map(|p| p + i) {
+        let word = expr[..at].chars().next_back().is_none_or(|c| !is_ident(c))
+            && expr[at + 2..].chars().next().is_none_or(|c| !is_ident(c));
+        let rest = expr[at + 2..].trim_start();
+        if word && rest.starts_with('(') {
+            let inside = &rest[1..rest.find(')').unwrap()];
+            labels.extend(
+                inside
+                    .split(',')
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+        i = at + 2;
+    }
+    labels
+}
+
+/// The labels that `label_replace(v, "dst", ...)` calls create.
+fn label_replace_targets(expr: &str) -> BTreeSet<String> {
+    let mut made = BTreeSet::new();
+    for (at, _) in expr.match_indices("label_replace(") {
+        // The destination is the first quoted string after the vector argument.
+        let mut depth = 0;
+        for (i, c) in expr[at + "label_replace(".len()..].char_indices() {
+            match c {
+                '(' | '{' | '[' => depth += 1,
+                ')' | '}' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    let rest = &expr[at + "label_replace(".len() + i + 1..];
+                    let rest = rest.trim_start().strip_prefix('"').unwrap();
+                    made.insert(rest[..rest.find('"').unwrap()].to_owned());
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    made
+}
+
+/// The value of `label` in a series selector such as `m{a="x", instance="tally-1"}`.
+fn label_value(series: &str, label: &str) -> Option<String> {
+    let (_, rest) = series.split_once('{')?;
+    let (block, _) = read_braces(&format!("{{{rest}"));
+    parse_matchers(&block)
+        .into_iter()
+        .find(|(l, _, _)| l == label)
+        .map(|(_, _, v)| v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The compose file
+
+#[test]
+fn the_compose_file_gives_each_node_its_own_id_and_volume_behind_the_balancer() {
+    let compose = compose();
+    let services: BTreeSet<&str> = compose["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    for s in [
+        "postgres",
+        "haproxy",
+        "prometheus",
+        "postgres-exporter",
+        "grafana",
+    ] {
+        assert!(services.contains(s), "{COMPOSE} has no service {s}");
+    }
+    // The nodes are the same in compose, HAProxy (checked above) and Prometheus, so that a
+    // node added to one is added to all.
+    let nodes = compose_nodes(&compose);
+    assert!(nodes.len() >= 3, "{COMPOSE}: Tally nodes {nodes:?}");
+    let targets: BTreeSet<String> = seq(&yaml(PROMETHEUS_YML), "scrape_configs")
+        .iter()
+        .filter(|j| str_at(j, &["job_name"]) == "tally")
+        .flat_map(|j| seq(j, "static_configs").to_vec())
+        .flat_map(|c| seq(&c, "targets").to_vec())
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        targets,
+        nodes.iter().map(|n| format!("{n}:3333")).collect(),
+        "{PROMETHEUS_YML}: tally targets"
+    );
+
+    let declared: BTreeSet<&str> = compose["volumes"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let haproxy = HaproxyConfig::parse(&read(HAPROXY_CFG));
+    let (inter, fall) = haproxy.check_timing();
+    let (mut ids, mut volumes) = (BTreeSet::new(), BTreeSet::new());
+    for name in &nodes {
+        let node = service(&compose, name);
+        let env = |key: &str| str_at(node, &["environment", key]);
+        assert!(
+            ids.insert(env("TALLY_NODE_ID").to_owned()),
+            "{name}: TALLY_NODE_ID shared with another node"
+        );
+        assert!(
+            env("DATABASE_URL").contains("@postgres:5432/"),
+            "{name}: DATABASE_URL must name the postgres service (without it Tally starts its own PostgreSQL)"
+        );
+        assert_eq!(env("TALLY_DATA_DIR"), "/var/lib/tally", "{name}");
+        assert_eq!(env("TALLY_LOG_FORMAT"), "json", "{name}");
+        let volume = str_seq(node, "volumes")
+            .into_iter()
+            .find_map(|v| v.strip_suffix(":/var/lib/tally").map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name}: no volume at /var/lib/tally"));
+        assert!(
+            declared.contains(volume.as_str()),
+            "{name}: {volume} is not a named volume"
+        );
+        assert!(
+            volumes.insert(volume.clone()),
+            "{name}: volume {volume} shared with another node"
+        );
+        assert_eq!(
+            str_at(node, &["depends_on", "postgres", "condition"]),
+            "service_healthy",
+            "{name}: must wait for PostgreSQL"
+        );
+        assert_eq!(
+            str_at(node, &["build", "context"]),
+            "..",
+            "{name}: built from the repository root"
+        );
+        assert!(
+            root()
+                .join(str_at(node, &["build", "dockerfile"]))
+                .is_file(),
+            "{name}: no Dockerfile"
+        );
+
+        // The balancer must have taken the node out before it stops accepting, and Docker must
+        // leave it time to drain and flush before its SIGKILL.
+        let drain = duration(env("TALLY_DRAIN_DELAY"));
+        let detection = inter * fall;
+        assert!(
+            drain > detection && drain <= detection * 3,
+            "{name}: TALLY_DRAIN_DELAY {drain:?} should be a bit above HAProxy's {detection:?} to mark it down"
+        );
+        let grace = duration(str_at(node, &["stop_grace_period"]));
+        assert!(
+            grace >= drain + Duration::from_secs(10),
+            "{name}: stop_grace_period {grace:?} leaves no time to flush"
+        );
+    }
+
+    let postgres = service(&compose, "postgres");
+    assert!(
+        str_at(postgres, &["image"]).starts_with("postgres:15"),
+        "postgres image"
+    );
+    assert!(
+        str_seq(postgres, "volumes")
+            .iter()
+            .any(|v| v.ends_with(":/var/lib/postgresql/data"))
+    );
+    assert!(
+        str_seq(&postgres["healthcheck"], "test")
+            .iter()
+            .any(|t| t.contains("pg_isready")),
+        "postgres: healthcheck with pg_isready"
+    );
+
+    let balancer = service(&compose, "haproxy");
+    assert!(
+        str_at(balancer, &["image"]).starts_with("haproxy:2.6"),
+        "haproxy image"
+    );
+    assert!(
+        str_seq(balancer, "ports")
+            .iter()
+            .any(|p| p.ends_with("3333:3333")),
+        "haproxy: port 3333 not published"
+    );
+    assert!(bind_mounts(balancer).contains(&(
+        "./haproxy/haproxy.cfg".into(),
+        "/usr/local/etc/haproxy/haproxy.cfg".into()
+    )));
+
+    // Prometheus reads its rule files where compose mounts them.
+    let prometheus = service(&compose, "prometheus");
+    let mounts = bind_mounts(prometheus);
+    for file in str_seq(&yaml(PROMETHEUS_YML), "rule_files") {
+        let target = format!("/etc/prometheus/{file}");
+        assert!(
+            mounts.iter().any(|(_, dst)| *dst == target),
+            "prometheus: {file} is not mounted at {target}"
+        );
+    }
+    assert!(
+        mounts
+            .iter()
+            .any(|(_, dst)| dst == "/etc/prometheus/prometheus.yml")
+    );
+
+    let exporter = service(&compose, "postgres-exporter");
+    assert!(str_at(exporter, &["environment", "DATA_SOURCE_NAME"]).contains("@postgres:5432/"));
+
+    let grafana = service(&compose, "grafana");
+    assert!(bind_mounts(grafana).contains(&(
+        "./grafana/provisioning".into(),
+        "/etc/grafana/provisioning".into()
+    )));
+
+    // Every file or directory mounted from the repository exists.
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        for (src, _) in bind_mounts(svc) {
+            assert!(
+                root().join("deploy").join(&src).exists(),
+                "{name:?}: {src} does not exist"
+            );
+        }
+    }
+}
+
+#[test]
+fn docker_compose_accepts_the_compose_file_where_its_plugin_is_installed() {
+    let has_compose = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_compose {
+        // Parsing alone needs no engine, but it needs the compose plugin, which the Debian
+        // machines of this project do not have; the test above checks the file's content.
+        eprintln!(
+            "`docker compose` is not installed: {COMPOSE} was not validated by Compose itself"
+        );
+        return;
+    }
+    let out = run("docker", &["compose", "-f", COMPOSE, "config", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "docker compose config:\n{}",
+        output_text(&out)
+    );
+}
+
+fn compose() -> Yaml {
+    yaml(COMPOSE)
+}
+
+/// The Tally nodes of the compose file: its services named `tally-*`.
+fn compose_nodes(compose: &Yaml) -> BTreeSet<String> {
+    compose["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str())
+        .filter(|s| s.starts_with("tally-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
+    compose["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("{COMPOSE}: no service {name}"))
+}
+
+/// `(source, target)` of a service's bind mounts (those whose source is a relative path).
+fn bind_mounts(service: &Yaml) -> Vec<(String, String)> {
+    if service.get("volumes").is_none() {
+        return Vec::new();
+    }
+    str_seq(service, "volumes")
+        .into_iter()
+        .filter(|v| v.starts_with('.'))
+        .map(|v| {
+            let mut parts = v.split(':');
+            (
+                parts.next().unwrap().to_owned(),
+                parts.next().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn duration(text: &str) -> Duration {
+    humantime::parse_duration(text).unwrap_or_else(|e| panic!("`{text}` is not a duration: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfile
+
+#[test]
+fn the_dockerfile_builds_in_two_stages_and_runs_as_a_non_root_user() {
+    let instructions = dockerfile();
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|i| i.starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "a multi-stage build: {froms:?}");
+    assert!(
+        froms[0].starts_with("FROM rust:") && froms[0].ends_with(" AS builder"),
+        "{}",
+        froms[0]
+    );
+    let runtime_at = instructions
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .unwrap();
+    let (build, runtime) = instructions.split_at(runtime_at);
+    assert!(
+        runtime[0].contains("-slim"),
+        "a small runtime image: {}",
+        runtime[0]
+    );
+
+    assert!(
+        build
+            .iter()
+            .any(|i| i.contains("cargo build --release --locked"))
+    );
+    // The sources the build reads: the crate and the migrations it embeds.
+    let copied: Vec<&str> = build
+        .iter()
+        .filter_map(|i| i.strip_prefix("COPY "))
+        .collect();
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+        assert!(
+            copied.iter().any(|c| c
+                .split(' ')
+                .any(|w| w == needed || w == format!("./{needed}"))),
+            "the builder does not copy {needed}: {copied:?}"
+        );
+    }
+
+    let user = runtime
+        .iter()
+        .filter_map(|i| i.strip_prefix("USER "))
+        .next_back()
+        .expect("the runtime stage sets a USER");
+    let uid = user.split(':').next().unwrap();
+    assert!(!["root", "0"].contains(&uid), "runs as root: USER {user}");
+    for line in [
+        "EXPOSE 3333",
+        "VOLUME /var/lib/tally",
+        "ENTRYPOINT [\"tally\"]",
+        "CMD [\"serve\"]",
+    ] {
+        assert!(
+            runtime.iter().any(|i| i == line),
+            "the runtime stage lacks `{line}`"
+        );
+    }
+    assert!(
+        runtime
+            .iter()
+            .any(|i| i.starts_with("COPY --from=builder "))
+    );
+    assert!(
+        runtime
+            .iter()
+            .any(|i| i.contains("TALLY_DATA_DIR=/var/lib/tally"))
+    );
+
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(|l| l.trim().trim_end_matches('/').to_owned())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for path in ["target", "tally-data", ".git"] {
+        assert!(
+            ignored.iter().any(|i| i == path),
+            ".dockerignore lacks {path}"
+        );
+    }
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+        assert!(
+            !ignored.iter().any(|i| i == needed),
+            ".dockerignore leaves out {needed}, which the build needs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_image_healthcheck_passes_on_a_live_node_and_fails_without_one() {
+    let command = dockerfile()
+        .into_iter()
+        .find_map(|i| {
+            i.split_once(" CMD ")
+                .filter(|_| i.starts_with("HEALTHCHECK "))
+                .map(|(_, c)| c.to_owned())
+        })
+        .expect("a HEALTHCHECK with a CMD");
+    let argv: Vec<String> = serde_json::from_str(&command).expect("HEALTHCHECK CMD in exec form");
+    let on_port = |port: u16| {
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.replace("/3333", &format!("/{port}")))
+            .collect();
+        let program = argv[0].clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(&program).args(&argv[1..]).status().unwrap()
+        })
+    };
+    assert!(
+        command.contains("/3333"),
+        "the healthcheck asks port 3333: {command}"
+    );
+
+    let app = TestApp::spawn().await;
+    assert!(
+        on_port(app.addr.port()).await.unwrap().success(),
+        "healthcheck failed on a live node"
+    );
+    assert!(
+        !on_port(free_port()).await.unwrap().success(),
+        "healthcheck passed with no node"
+    );
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments left out.
+fn dockerfile() -> Vec<String> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part.trim_end()),
+            None => {
+                current.push_str(line);
+                instructions.push(current.split_whitespace().collect::<Vec<_>>().join(" "));
+                current.clear();
+                continue;
+            }
+        }
+        current.push(' ');
+    }
+    instructions
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// A YAML file with its merge keys (`<<: *anchor`) applied, as Compose applies them.
+fn yaml(path: &str) -> Yaml {
+    let mut value: Yaml =
+        serde_yaml_ng::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"));
+    value
+        .apply_merge()
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    value
+}
+
+fn str_at<'a>(value: &'a Yaml, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Yaml::as_str)
+        .unwrap_or_else(|| panic!("no string at {path:?} in {value:?}"))
+}
+
+fn seq<'a>(value: &'a Yaml, key: &str) -> &'a [Yaml] {
+    value
+        .get(key)
+        .and_then(Yaml::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("no list `{key}` in {value:?}"))
+}
+
+fn str_seq<'a>(value: &'a Yaml, key: &str) -> Vec<&'a str> {
+    seq(value, key)
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect()
+}
+
+/// Runs a program the tests take from the system, in the repository root.
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| missing_program(program, e))
+}
+
+fn missing_program(program: &str, e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        let package = if program == "haproxy" {
+            "haproxy"
+        } else {
+            "prometheus"
+        };
+        panic!(
+            "`{program}` is not installed: run scripts/test, which installs it (Debian package `{package}`)"
+        );
+    }
+    panic!("cannot run {program}: {e}")
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A local port that nothing listens on (the OS picks it; it is free once we let it go).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
