@@ -106,6 +106,36 @@ fn haproxy_sends_requests_only_to_ready_nodes_and_never_resends_one() {
             "{HAPROXY_CFG}: server {name} must name its compose service"
         );
     }
+    // When no node is ready (PostgreSQL down), the live nodes take the traffic as backups:
+    // one per node, tracking a /health check, never checked by /ready.
+    let backups: BTreeSet<String> = cfg
+        .section("backend tally")
+        .iter()
+        .filter(|d| d.starts_with("server ") && d.split(' ').any(|w| w == "backup"))
+        .map(|d| {
+            let words: Vec<&str> = d.split(' ').collect();
+            let tracked = words
+                .iter()
+                .position(|w| *w == "track")
+                .map(|i| words[i + 1]);
+            assert_eq!(
+                tracked,
+                Some(format!("alive/{}", words[2].trim_end_matches(":3333")).as_str()),
+                "{d}"
+            );
+            words[2].trim_end_matches(":3333").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        backups,
+        compose_nodes(&compose()),
+        "{HAPROXY_CFG}: one backup per node"
+    );
+    assert!(
+        cfg.section("backend alive")
+            .iter()
+            .any(|d| d == "option httpchk GET /health")
+    );
 }
 
 /// The directives of haproxy.cfg by section, comments and blank lines left out.
@@ -142,9 +172,11 @@ impl HaproxyConfig {
     }
 
     /// `(name, address)` of each server of the tally backend.
+    /// The regular (not backup) servers of the tally backend.
     fn servers(&self) -> Vec<(String, String)> {
         self.section("backend tally")
             .iter()
+            .filter(|d| !d.split(' ').any(|w| w == "backup"))
             .filter_map(|d| d.strip_prefix("server "))
             .map(|rest| {
                 let mut words = rest.split(' ');
