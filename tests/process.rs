@@ -277,8 +277,16 @@ fn during_the_drain_delay_ready_fails_but_increments_are_still_served() {
         assert!(std::time::Instant::now() < deadline, "/ready never failed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(post_increment(&http, &tally, "late", 3), 202, "still serving while draining");
-    assert!(tally.wait(Duration::from_secs(30)).success(), "{}", tally.log());
+    assert_eq!(
+        post_increment(&http, &tally, "late", 3),
+        202,
+        "still serving while draining"
+    );
+    assert!(
+        tally.wait(Duration::from_secs(30)).success(),
+        "{}",
+        tally.log()
+    );
     assert_eq!(totals(&db.url), vec![("late".to_owned(), 3)]);
 }
 
@@ -290,7 +298,11 @@ fn postgres_subcommand_starts_and_stops_a_cluster_for_several_nodes() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let url = String::from_utf8(start.stdout).unwrap().trim().to_owned();
     let pid = postmaster_pid(dir.path()).expect("running");
     assert!(totals_after_migrate(&url).is_empty());
@@ -299,7 +311,11 @@ fn postgres_subcommand_starts_and_stops_a_cluster_for_several_nodes() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
     assert!(!process_is_running(pid));
 }
 
@@ -312,7 +328,11 @@ fn totals_after_migrate(url: &str) -> Vec<(String, i64)> {
         .env("DATABASE_URL", url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     totals(url)
 }
 
