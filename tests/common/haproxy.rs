@@ -30,13 +30,12 @@ pub fn config(port: u16, socket: &Path, servers: &[SocketAddr]) -> String {
     let fall = CHECKS_TO_FLIP;
     let mut cfg = format!(
         "global
+    # In the foreground (-db), server state changes (UP, DOWN) go to stderr, which the test
+    # keeps.
     stats socket {socket} mode 600 level admin
-    # Server state changes (UP, DOWN) go to stderr, which the test keeps.
-    log stderr format raw local0 notice
 
 defaults
     mode http
-    log global
     timeout connect 1s
     timeout client 30s
     # Longer than any pause a test inflicts on a node: a request waiting on a paused node
