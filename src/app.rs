@@ -250,8 +250,8 @@ async fn serve_http(
             }
         }
     };
-    let server = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(stop_accepting);
+    let server =
+        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop_accepting);
     let forced = shutdown.forced_token();
     let drain_deadline = async {
         shutdown.requested().await;

@@ -60,7 +60,13 @@ pub struct PostgresConfig {
     pub action: PostgresAction,
 
     /// The cluster lives under `<DIR>/postgres`, as `tally serve` would make it.
-    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data", value_name = "DIR", global = true)]
+    #[arg(
+        long,
+        env = "TALLY_DATA_DIR",
+        default_value = "./tally-data",
+        value_name = "DIR",
+        global = true
+    )]
     pub data_dir: PathBuf,
 }
 

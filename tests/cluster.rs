@@ -18,12 +18,13 @@ use reqwest::StatusCode;
 /// Clients sending increments through the balancer in each test.
 const CLIENTS: usize = 4;
 
-/// Three nodes, their database and their balancer.
+/// Three nodes, their database and their balancer. (Fields drop in order: the balancer and
+/// the nodes go before their data directories and the database.)
 struct Cluster {
-    db: DedicatedCluster,
-    dirs: Vec<tempfile::TempDir>,
-    nodes: Vec<TallyProcess>,
     haproxy: Haproxy,
+    nodes: Vec<TallyProcess>,
+    dirs: Vec<tempfile::TempDir>,
+    db: DedicatedCluster,
     drain_delay: &'static str,
     http: reqwest::Client,
     _scratch: tempfile::TempDir,
@@ -43,10 +44,10 @@ impl Cluster {
         let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
         let haproxy = Haproxy::start(scratch.path(), &addrs);
         let cluster = Cluster {
-            db,
-            dirs,
-            nodes,
             haproxy,
+            nodes,
+            dirs,
+            db,
             drain_delay,
             http: reqwest::Client::new(),
             _scratch: scratch,
@@ -165,7 +166,7 @@ fn server(i: usize) -> String {
     format!("node{i}")
 }
 
-/// Posts one increment and tells whether it was acknowledged.
+/// Posts an increment of 1 and returns the answer's status (502 when none came).
 async fn increment(http: &reqwest::Client, url: &str, key: &str) -> StatusCode {
     http.post(url)
         .header("content-type", "application/json")
