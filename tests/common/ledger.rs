@@ -114,6 +114,15 @@ impl Load {
                             Ok(r) if r.status().is_success() => {
                                 *ledger.acknowledged.entry(key).or_default() += value
                             }
+                            // Tally never answers 502 or 504; a load balancer does, when the
+                            // node it forwarded to died or went silent mid-request: the node
+                            // may have journaled the increment, so its outcome is unknown.
+                            Ok(r)
+                                if r.status() == reqwest::StatusCode::BAD_GATEWAY
+                                    || r.status() == reqwest::StatusCode::GATEWAY_TIMEOUT =>
+                            {
+                                *ledger.unknown.entry(key).or_default() += value
+                            }
                             Ok(r) => *ledger.refused.entry(r.status().as_u16()).or_default() += 1,
                             Err(_) => {
                                 *ledger.unknown.entry(key).or_default() += value;

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod fault_proxy;
+pub mod haproxy;
 pub mod ledger;
 pub mod postgres;
 pub mod process;
