@@ -127,6 +127,12 @@ pub async fn run(plan: Plan<'_>, mut rng: SmallRng) -> WorkerResult {
                     }
                     false
                 } else {
+                    if outcome_unknown(status) {
+                        result.unknown += 1;
+                        if plan.max_value.is_some() {
+                            result.sums.entry(key).or_default().unknown += value;
+                        }
+                    }
                     true
                 }
             }
@@ -159,6 +165,13 @@ pub async fn run(plan: Plan<'_>, mut rng: SmallRng) -> WorkerResult {
     result
 }
 
+/// Whether an answer leaves the request's fate unknown. Tally itself never answers 502 or 504;
+/// a proxy in front of it does when the node it forwarded the request to failed before
+/// answering, and that node may have counted it.
+fn outcome_unknown(status: hyper::StatusCode) -> bool {
+    matches!(status.as_u16(), 502 | 504)
+}
+
 /// Writes `{"key":"<key>","value":<value>}` into `buffer`. Keys come from [`KeySpace`], whose
 /// alphabet never needs JSON escaping.
 fn write_body(buffer: &mut BytesMut, key: &str, value: u32) {
@@ -186,6 +199,15 @@ mod tests {
         drop(first);
         write_body(&mut buffer, "run-8", 1);
         assert_eq!(&buffer[..], br#"{"key":"run-8","value":1}"#);
+    }
+
+    #[test]
+    fn gateway_failures_are_unknown_outcomes_and_refusals_are_not() {
+        use hyper::StatusCode;
+        assert!(outcome_unknown(StatusCode::BAD_GATEWAY));
+        assert!(outcome_unknown(StatusCode::GATEWAY_TIMEOUT));
+        assert!(!outcome_unknown(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!outcome_unknown(StatusCode::BAD_REQUEST));
     }
 
     #[test]
