@@ -56,6 +56,10 @@ struct Args {
     /// Where to write the chart; the report links to it relative to its own directory.
     #[arg(long, default_value = "bench/results.svg")]
     svg: PathBuf,
+    /// Hand-written findings from profiles (Markdown), put under "Where the time goes" when a
+    /// target is missed: figures come from the run, explanations from people.
+    #[arg(long)]
+    analysis: Option<PathBuf>,
 }
 
 /// `run.json`: how bench/run was configured.
@@ -793,7 +797,7 @@ fn range((lo, hi): (f64, f64), format: fn(f64) -> String) -> String {
     format!("{}–{}", format(lo), format(hi))
 }
 
-fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
+fn markdown(results: &Results, svg_link: &str, analysis: Option<&str>) -> anyhow::Result<String> {
     let run = &results.run;
     let m = &results.machine;
     let mut out = String::new();
@@ -1127,14 +1131,28 @@ fn markdown(results: &Results, svg_link: &str) -> anyhow::Result<String> {
         writeln!(w)?;
         writeln!(w, "## Where the time goes")?;
         writeln!(w)?;
-        writeln!(
-            w,
-            "> **TODO (lead): this run missed the targets below. Fill this section in from a \
-             profile of a full-length run; until then no explanation is given here.**"
-        )?;
-        writeln!(w)?;
-        for t in failed {
-            writeln!(w, "- {}: {}. TODO: {}.", t.what, t.figure, t.profile_hint)?;
+        match analysis {
+            Some(text) => {
+                writeln!(w, "This run missed:")?;
+                writeln!(w)?;
+                for t in failed {
+                    writeln!(w, "- {}: {}.", t.what, t.figure)?;
+                }
+                writeln!(w)?;
+                writeln!(w, "{}", text.trim_end())?;
+            }
+            None => {
+                writeln!(
+                    w,
+                    "> **TODO (lead): this run missed the targets below. Fill this section in \
+                     from a profile of a full-length run; until then no explanation is given \
+                     here.**"
+                )?;
+                writeln!(w)?;
+                for t in failed {
+                    writeln!(w, "- {}: {}. TODO: {}.", t.what, t.figure, t.profile_hint)?;
+                }
+            }
         }
     }
 
@@ -1348,7 +1366,18 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let results = Results::read(&args.results)?;
     chart(&results, &args.svg).with_context(|| format!("cannot draw {}", args.svg.display()))?;
-    let page = markdown(&results, &relative_link(&args.markdown, &args.svg))?;
+    let analysis = match &args.analysis {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let page = markdown(
+        &results,
+        &relative_link(&args.markdown, &args.svg),
+        analysis.as_deref(),
+    )?;
     std::fs::write(&args.markdown, page)
         .with_context(|| format!("cannot write {}", args.markdown.display()))?;
     println!(
@@ -1560,7 +1589,7 @@ Transfer/sec:      7.08MB
         write("commands.txt", "# a step\ntally serve\n");
 
         let results = Results::read(dir.path()).unwrap();
-        let page = markdown(&results, "bench/results.svg").unwrap();
+        let page = markdown(&results, "bench/results.svg", None).unwrap();
         // Memory: ratios 0.90 and 0.95, so round 1; journal: 0.70 and 0.625, so round 2.
         assert!(
             page.contains("| buffered + memory | tally load | 1 of 2 |"),
