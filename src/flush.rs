@@ -262,6 +262,8 @@ impl Flusher {
         std::thread::Builder::new()
             .name("tally-flusher".into())
             .spawn(move || {
+                // Should this thread panic, nothing would flush any more: stop serving.
+                let _stop_on_panic = ForceShutdownOnPanic(shutdown.clone());
                 let end = runtime.block_on(self.run(stop, shutdown.forced_token()));
                 if end == FlushEnd::Fenced {
                     shutdown.force();
@@ -401,6 +403,18 @@ impl Flusher {
             );
         } else {
             tracing::debug!(batch = batch.seq, failures, %error, "flush failed again");
+        }
+    }
+}
+
+/// Forces the shutdown when dropped by a panicking thread.
+struct ForceShutdownOnPanic(crate::shutdown::Shutdown);
+
+impl Drop for ForceShutdownOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the flusher panicked; shutting down");
+            self.0.force();
         }
     }
 }
