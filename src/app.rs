@@ -134,10 +134,7 @@ async fn run(
             version: env!("CARGO_PKG_VERSION"),
             node_id: node.to_string(),
             mode: config.mode.to_string(),
-            durability: match config.mode {
-                Mode::Sync => "none".to_owned(),
-                Mode::Buffered => config.durability.to_string(),
-            },
+            durability: config.durability_in_effect(),
         })
         .set(1);
 
@@ -146,10 +143,7 @@ async fn run(
         database = %database.description,
         node_id = %node,
         mode = %config.mode,
-        durability = %match config.mode {
-            Mode::Sync => "none (each request is committed before its answer)".to_owned(),
-            Mode::Buffered => config.durability.to_string(),
-        },
+        durability = %config.durability_in_effect(),
         flush_interval = %humantime::format_duration(config.flush_interval),
         "tally is serving"
     );

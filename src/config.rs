@@ -462,6 +462,15 @@ impl ServeConfig {
         }
     }
 
+    /// The durability that applies: `none` in sync mode, where each request is committed to
+    /// PostgreSQL before its answer and no journal is written.
+    pub fn durability_in_effect(&self) -> String {
+        match self.mode {
+            Mode::Sync => "none".to_owned(),
+            Mode::Buffered => self.durability.to_string(),
+        }
+    }
+
     /// Whether increments go through the local journal: buffered mode with journal
     /// durability. Sync mode commits each request to PostgreSQL before answering instead.
     pub fn uses_journal(&self) -> bool {

@@ -28,10 +28,6 @@ impl Shutdown {
         self.forced.cancel();
     }
 
-    pub fn is_requested(&self) -> bool {
-        self.requested.is_cancelled()
-    }
-
     /// A token cancelled once a shutdown is requested.
     pub fn requested_token(&self) -> CancellationToken {
         self.requested.clone()
