@@ -615,6 +615,23 @@ struct Target {
 }
 
 impl Results {
+    /// The flush target for one of the two flushes of the flush benchmark.
+    fn flush_target(&self, rows: &str, timed: &Timed, profile_hint: &'static str) -> Target {
+        Target {
+            what: format!(
+                "flush of {} distinct keys ({rows}) < {FLUSH_MAX_SECONDS} s",
+                thousands(self.flush.keys as f64)
+            ),
+            figure: format!(
+                "{:.2} s, {} rows/s",
+                timed.seconds,
+                thousands(timed.rows_per_sec)
+            ),
+            pass: Some(timed.seconds < FLUSH_MAX_SECONDS),
+            profile_hint,
+        }
+    }
+
     fn targets(&self) -> Vec<Target> {
         let ratio = |mode: Mode| self.median_round(mode).ratio(mode);
         let journal = self.median_round(Mode::Journal).load(Mode::Journal);
@@ -678,32 +695,16 @@ impl Results {
                 ),
                 profile_hint: "what the slowest 1% of journal-mode requests wait for",
             },
-            Target {
-                what: format!(
-                    "flush of {} distinct keys (new rows) < {FLUSH_MAX_SECONDS} s",
-                    thousands(self.flush.keys as f64)
-                ),
-                figure: format!(
-                    "{:.2} s, {} rows/s",
-                    self.flush.insert.seconds,
-                    thousands(self.flush.insert.rows_per_sec)
-                ),
-                pass: Some(self.flush.insert.seconds < FLUSH_MAX_SECONDS),
-                profile_hint: "where the first flush of 1 million keys spends its time (client side and in PostgreSQL)",
-            },
-            Target {
-                what: format!(
-                    "flush of {} distinct keys (existing rows) < {FLUSH_MAX_SECONDS} s",
-                    thousands(self.flush.keys as f64)
-                ),
-                figure: format!(
-                    "{:.2} s, {} rows/s",
-                    self.flush.update.seconds,
-                    thousands(self.flush.update.rows_per_sec)
-                ),
-                pass: Some(self.flush.update.seconds < FLUSH_MAX_SECONDS),
-                profile_hint: "where the update-path flush of 1 million keys spends its time (client side and in PostgreSQL)",
-            },
+            self.flush_target(
+                "new rows",
+                &self.flush.insert,
+                "where the first flush of 1 million keys spends its time (client side and in PostgreSQL)",
+            ),
+            self.flush_target(
+                "existing rows",
+                &self.flush.update,
+                "where the update-path flush of 1 million keys spends its time (client side and in PostgreSQL)",
+            ),
             Target {
                 what: format!(
                     "resident memory per pending key < {MAX_BYTES_PER_KEY:.0} bytes at {} keys",

@@ -79,6 +79,25 @@ fn sigterm_flushes_everything_before_exit() {
     assert!(tally.log().contains("final flush done"), "{}", tally.log());
 }
 
+/// Stops `tally` with `signal` and checks it exited 0 and left no postgres behind.
+fn stop_and_check_postgres_stopped(tally: &mut TallyProcess, signal: i32, dir: &Path, pid: u32) {
+    tally.signal(signal);
+    assert!(
+        tally.wait(Duration::from_secs(60)).success(),
+        "{}",
+        tally.log()
+    );
+    assert!(
+        !process_is_running(pid),
+        "no stray postgres process is left"
+    );
+    assert_eq!(
+        postmaster_pid(dir),
+        None,
+        "the managed PostgreSQL stopped with tally"
+    );
+}
+
 #[test]
 fn managed_postgres_starts_from_nothing_keeps_its_data_and_stops_on_exit() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,17 +112,7 @@ fn managed_postgres_starts_from_nothing_keeps_its_data_and_stops_on_exit() {
     let pid = postmaster_pid(dir.path()).expect("the managed PostgreSQL runs");
     assert!(process_is_running(pid));
     assert_eq!(post_increment(&http, &first, "visits", 41), 202);
-    first.signal(libc::SIGTERM);
-    assert!(
-        first.wait(Duration::from_secs(60)).success(),
-        "{}",
-        first.log()
-    );
-    assert!(
-        !process_is_running(pid),
-        "the managed PostgreSQL stopped with tally"
-    );
-    assert_eq!(postmaster_pid(dir.path()), None);
+    stop_and_check_postgres_stopped(&mut first, libc::SIGTERM, dir.path(), pid);
 
     let mut second = TallyProcess::start(dir.path(), &[], &[]);
     let body: serde_json::Value = http
@@ -118,16 +127,7 @@ fn managed_postgres_starts_from_nothing_keeps_its_data_and_stops_on_exit() {
         "the data survived the restart"
     );
     let pid = postmaster_pid(dir.path()).unwrap();
-    second.signal(libc::SIGINT);
-    assert!(
-        second.wait(Duration::from_secs(60)).success(),
-        "{}",
-        second.log()
-    );
-    assert!(
-        !process_is_running(pid),
-        "no stray postgres process is left"
-    );
+    stop_and_check_postgres_stopped(&mut second, libc::SIGINT, dir.path(), pid);
 }
 
 #[test]
