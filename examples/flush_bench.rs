@@ -116,11 +116,11 @@ async fn run(
     storage.migrate().await?;
     let data_dir = DataDir::open(&dir.join("node"))?;
     let node = data_dir.node_id(None)?;
-    let (claim, progress) = storage.claim_node(&node).await?;
+    let claim = storage.claim_node(&node, 0).await?;
 
     let (deltas, sort_seconds) = distinct_keys(args.keys, args.key_bytes);
-    let insert = timed_flush(&storage, &node, claim.incarnation(), progress + 1, &deltas).await?;
-    let update = timed_flush(&storage, &node, claim.incarnation(), progress + 2, &deltas).await?;
+    let insert = timed_flush(&storage, claim.owner(), 1, &deltas).await?;
+    let update = timed_flush(&storage, claim.owner(), 2, &deltas).await?;
     drop(claim);
 
     let (client, connection) = pg_config.connect(NoTls).await?;
@@ -166,13 +166,12 @@ fn distinct_keys(count: usize, key_bytes: usize) -> (Vec<(Box<str>, i64)>, f64) 
 
 async fn timed_flush(
     storage: &Storage,
-    node: &tally::node::NodeId,
-    incarnation: &str,
+    owner: &tally::storage::Owner,
     seq: u64,
     deltas: &[(Box<str>, i64)],
 ) -> anyhow::Result<Timed> {
     let started = Instant::now();
-    let outcome = storage.apply_batch(node, incarnation, seq, deltas).await?;
+    let outcome = storage.apply_batch(owner, seq, deltas).await?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         outcome.applied && outcome.rejected.is_empty(),
@@ -216,9 +215,11 @@ async fn forget(
     client
         .execute("DELETE FROM counters WHERE key = ANY($1::text[])", &[&keys])
         .await?;
-    client
-        .execute("DELETE FROM tally_nodes WHERE node_id = $1", &[&node])
-        .await?;
+    for table in ["tally_nodes", "tally_epochs", "tally_replays"] {
+        client
+            .execute(&format!("DELETE FROM {table} WHERE node_id = $1"), &[&node])
+            .await?;
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! A Tally node from start to stop.
 //!
 //! Start: lock the data directory, learn the node id, open the database (starting the
-//! managed one if needed) and migrate it, claim the node id in PostgreSQL, replay what the
-//! journal holds that PostgreSQL does not, then serve. Stop, in this order: stop accepting,
+//! managed one if needed) and migrate it, claim the node id in PostgreSQL under a new epoch,
+//! replay what the journal holds that PostgreSQL does not, release the journal segments it no
+//! longer needs, then serve. Stop, in this order: stop accepting,
 //! let in-flight requests finish, flush what is pending, close the journal, close the pool,
 //! stop the managed PostgreSQL.
 
@@ -14,17 +15,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mode, ServeConfig};
-use crate::flush::{FlushBatch, FlushEnd, FlushState, Flusher, Owner};
+use crate::flush::{FlushEnd, FlushState, Flusher};
 use crate::http::{AppState, app};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::JournalOptions;
 use crate::metrics::Metrics;
 use crate::node::{DataDir, NodeId};
-use crate::pending::{BatchSeq, PendingDeltas};
+use crate::pending::PendingDeltas;
 use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
-use crate::storage::Database;
+use crate::storage::{Database, Owner, Replay};
 
 /// How long in-flight requests may take to finish once a shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,41 +54,45 @@ async fn run(
 ) -> anyhow::Result<()> {
     let storage = database.storage.clone();
     let metrics = Arc::new(Metrics::default());
-    let (claim, progress) = storage.claim_node(&node).await?;
-    let owner = Owner {
-        node: node.clone(),
-        incarnation: claim.incarnation().to_owned(),
-    };
-
     // The journal is opened whenever one exists, whatever the mode, so that a node switched
-    // to `--durability memory` or `--mode sync` after a crash still replays it.
+    // to `--durability memory` or `--mode sync` after a crash still replays it. The claim's
+    // epoch must be above every epoch in it, so its headers are read first.
     let journal_dir = data_dir.path().join("journal");
-    let (journal, recovered, open_seq) = if config.uses_journal() || journal_dir.exists() {
+    let epochs = crate::journal::epochs(&journal_dir)?;
+    let claim = storage
+        .claim_node(&node, epochs.last().copied().unwrap_or(0))
+        .await?;
+    let owner = claim.owner().clone();
+
+    let (journal, replays) = if config.uses_journal() || journal_dir.exists() {
+        let applied = storage.applied(&node, &epochs).await?;
         let mut options = JournalOptions::new(journal_dir);
         options.fsync_seconds = Some(metrics.journal_fsync_duration.clone());
-        let r = tokio::task::spawn_blocking(move || recovery::open_journal(options, progress))
+        options.epoch = owner.epoch;
+        let r = tokio::task::spawn_blocking(move || recovery::open_journal(options, &applied))
             .await??;
-        log_recovery(&r, progress);
-        (Some(r.journal), r.batches, r.next_open)
+        log_recovery(&r, &owner);
+        (Some(r.journal), r.replays)
     } else {
-        (None, Vec::new(), progress + 1)
+        (None, Vec::new())
     };
 
+    // A new epoch starts at batch 1.
     let pending = Arc::new(PendingDeltas::new(
-        open_seq,
+        1,
         usize::try_from(config.max_pending_keys).unwrap_or(usize::MAX),
     ));
     let flush_state = Arc::new(FlushState::new(pending));
     let flusher = Flusher::new(
         flush_state.clone(),
         storage.clone(),
-        owner,
+        owner.clone(),
         config.flush_interval,
-        open_seq,
+        1,
         journal.clone(),
         metrics.clone(),
     );
-    replay(&flusher, recovered, &shutdown).await?;
+    replay(&flusher, replays, &shutdown).await?;
 
     // The journal takes appends only in buffered journal mode; otherwise it was opened for
     // recovery alone.
@@ -98,7 +103,7 @@ async fn run(
             let ingest = Ingest::Buffered(Buffered {
                 flush: flush_state.clone(),
                 storage: storage.clone(),
-                node: node.clone(),
+                owner: owner.clone(),
                 journal: appends.clone(),
                 max_journal_bytes: config.max_journal_bytes,
             });
@@ -122,6 +127,7 @@ async fn run(
             storage.clone(),
             flush.clone(),
             appends.clone(),
+            config.max_journal_bytes,
         ),
         metrics: metrics.clone(),
         flush,
@@ -142,6 +148,7 @@ async fn run(
         listen = %listener.local_addr()?,
         database = %database.description,
         node_id = %node,
+        epoch = owner.epoch,
         mode = %config.mode,
         durability = %config.durability_in_effect(),
         flush_interval = %humantime::format_duration(config.flush_interval),
@@ -165,36 +172,39 @@ async fn run(
     served.and(ended)
 }
 
-/// Writes the recovered batches before anything else is accepted.
+/// Writes the recovered batches before anything else is accepted, then lets the journal
+/// release the segments that held them.
 async fn replay(
     flusher: &Flusher,
-    batches: Vec<FlushBatch>,
+    replays: Vec<Replay>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    if batches.is_empty() {
-        return Ok(());
-    }
-    let keys: usize = batches.iter().map(|b| b.deltas.len()).sum();
-    let first = batches[0].seq;
-    let last = batches[batches.len() - 1].seq;
-    match flusher.replay(batches, &shutdown.forced_token()).await {
-        Ok(()) => {
-            tracing::info!(first, last, keys, "replayed the journal into PostgreSQL");
+    let batches = replays.len();
+    let keys: usize = replays.iter().map(|r| r.deltas.len()).sum();
+    match flusher.replay(replays, &shutdown.forced_token()).await {
+        Ok(()) if batches > 0 => {
+            tracing::info!(batches, keys, "replayed the journal into PostgreSQL");
             Ok(())
         }
+        Ok(()) => Ok(()),
         Err(end) => report_end(end).and(Err(anyhow::anyhow!("recovery did not finish"))),
     }
 }
 
-fn log_recovery(r: &recovery::Recovered, progress: BatchSeq) {
+fn log_recovery(r: &recovery::Recovered, owner: &Owner) {
     if let Some(torn) = &r.report.torn_tail {
-        tracing::warn!(%torn, "the journal ended in a torn record (a crash while writing it); it was cut off and everything before it is kept");
+        tracing::warn!(%torn, "the journal ended in an unfinished write (a crash while writing it, never acknowledged); it was cut off and everything before it is kept");
     }
+    for gap in &r.report.gaps {
+        tracing::warn!(%gap, "journal segments are missing: most likely a deletion whose directory fsync did not reach the disk while a later one did (harmless); if they were removed by hand, increments they held and PostgreSQL lacked are lost");
+    }
+    let epochs: std::collections::BTreeSet<u64> = r.replays.iter().map(|b| b.epoch).collect();
     tracing::info!(
         segments = r.report.segments,
         records = r.report.records,
-        postgres_progress = progress,
-        batches_to_replay = r.batches.len(),
+        epoch = owner.epoch,
+        batches_to_replay = r.replays.len(),
+        epochs_to_replay = ?epochs,
         "opened the journal"
     );
 }

@@ -42,6 +42,8 @@ enum CliCommand {
     Load(crate::load::LoadConfig),
     /// Start or stop a managed PostgreSQL on its own, for several nodes on one machine.
     Postgres(PostgresConfig),
+    /// Check a stopped node's journal, or repair damage that keeps the node from starting.
+    Journal(JournalConfig),
 }
 
 /// What the command line asked for, fully resolved.
@@ -51,6 +53,35 @@ pub enum Command {
     Migrate(MigrateConfig),
     Load(crate::load::LoadConfig),
     Postgres(PostgresConfig),
+    Journal(JournalConfig),
+}
+
+/// Settings of `tally journal`.
+#[derive(Debug, Clone, Args)]
+pub struct JournalConfig {
+    #[command(subcommand)]
+    pub action: JournalAction,
+
+    /// The journal lives under `<DIR>/journal`, as `tally serve` keeps it.
+    #[arg(
+        long,
+        env = "TALLY_DATA_DIR",
+        default_value = "./tally-data",
+        value_name = "DIR",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum JournalAction {
+    /// Read every segment and say whether the node would start on it, and if not, where the
+    /// damage is. Changes nothing; exits 1 when the node would refuse to start.
+    Check,
+    /// Drop the damage that keeps the node from starting, keep every readable record, and say
+    /// exactly what was dropped. The files it changes are copied first to
+    /// `<DIR>/journal-repair-<time>`.
+    Repair,
 }
 
 /// Settings of `tally postgres`.
@@ -338,7 +369,7 @@ where
     let config_file = match &first.command {
         Some(CliCommand::Migrate(m)) => m.config.clone(),
         Some(CliCommand::Serve(s)) => s.config.clone(),
-        Some(CliCommand::Load(_) | CliCommand::Postgres(_)) => None,
+        Some(CliCommand::Load(_) | CliCommand::Postgres(_) | CliCommand::Journal(_)) => None,
         None => first.serve.config.clone(),
     };
     let cli = match config_file {
@@ -353,6 +384,7 @@ where
         Some(CliCommand::Serve(s)) => Command::Serve(s),
         Some(CliCommand::Load(l)) => Command::Load(l),
         Some(CliCommand::Postgres(p)) => Command::Postgres(p),
+        Some(CliCommand::Journal(j)) => Command::Journal(j),
         None => Command::Serve(cli.serve),
     })
 }

@@ -19,9 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::node::NodeId;
 use crate::pending::{BatchSeq, PendingDeltas};
-use crate::storage::{BatchOutcome, Storage, StorageError};
+use crate::storage::{BatchOutcome, Owner, Replay, Storage, StorageError};
 
 /// First wait before retrying a failed flush; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -171,13 +170,6 @@ pub struct Flusher {
     metrics: Arc<Metrics>,
 }
 
-/// Who writes: the node id and this process's claim on it.
-#[derive(Clone)]
-pub struct Owner {
-    pub node: NodeId,
-    pub incarnation: String,
-}
-
 /// How a flusher's run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FlushEnd {
@@ -187,6 +179,36 @@ pub enum FlushEnd {
     Abandoned { keys: usize },
     /// Another process took the node id over; this one stopped writing.
     Fenced,
+}
+
+/// A batch to write: one this process cut, or one of an earlier epoch from the journal.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    Live(&'a FlushBatch),
+    Replay(&'a Replay),
+}
+
+impl Work<'_> {
+    fn batch(&self) -> BatchSeq {
+        match self {
+            Work::Live(b) => b.seq,
+            Work::Replay(r) => r.batch,
+        }
+    }
+
+    fn epoch(&self, owner: &Owner) -> u64 {
+        match self {
+            Work::Live(_) => owner.epoch,
+            Work::Replay(r) => r.epoch,
+        }
+    }
+
+    fn keys(&self) -> usize {
+        match self {
+            Work::Live(b) => b.deltas.len(),
+            Work::Replay(r) => r.deltas.len(),
+        }
+    }
 }
 
 /// The outcome of writing one batch.
@@ -218,27 +240,27 @@ impl Flusher {
         }
     }
 
-    /// Writes batches recovered from the journal, in order, before anything new. An error
-    /// says how the node must end instead of serving.
+    /// Writes the batches of earlier epochs recovered from the journal, in order, before
+    /// anything new, then tells the journal it may delete their segments. An error says how
+    /// the node must end instead of serving.
     pub async fn replay(
         &self,
-        batches: Vec<FlushBatch>,
+        replays: Vec<Replay>,
         abort: &CancellationToken,
     ) -> Result<(), FlushEnd> {
-        for batch in batches {
-            debug_assert!(
-                batch.seq < self.open_seq,
-                "recovered batches precede the open one"
-            );
-            match self.write(&batch, abort).await {
+        for replay in &replays {
+            match self.write(Work::Replay(replay), abort).await {
                 Written::Committed => {}
                 Written::Aborted => {
                     return Err(FlushEnd::Abandoned {
-                        keys: batch.deltas.len(),
+                        keys: replay.deltas.len(),
                     });
                 }
                 Written::Fenced => return Err(FlushEnd::Fenced),
             }
+        }
+        if let Some(journal) = &self.journal {
+            journal.replayed();
         }
         Ok(())
     }
@@ -296,52 +318,61 @@ impl Flusher {
         }
     }
 
-    /// Cuts the open batch and writes it.
+    /// Cuts the open batch and writes it. When it is empty, PostgreSQL already has every
+    /// batch before it, and the journal is told so all the same: that is what releases
+    /// segments left from before a restart, and retries a deletion that failed, on a quiet
+    /// node.
     async fn flush_once(&mut self, abort: &CancellationToken) -> Written {
         let next = self.open_seq + 1;
         let batch = self.state.cut(next);
         self.open_seq = next;
         match batch {
-            None => Written::Committed,
-            Some(batch) => self.write(&batch, abort).await,
+            None => {
+                if let Some(journal) = &self.journal {
+                    journal.committed(next - 1);
+                }
+                Written::Committed
+            }
+            Some(batch) => self.write(Work::Live(&batch), abort).await,
         }
     }
 
     /// Writes one batch, retrying until PostgreSQL has it, `abort` is cancelled, or another
     /// process turns out to own the node id.
-    async fn write(&self, batch: &FlushBatch, abort: &CancellationToken) -> Written {
+    async fn write(&self, work: Work<'_>, abort: &CancellationToken) -> Written {
         let mut backoff = FIRST_BACKOFF;
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
-            let result = self
-                .storage
-                .apply_batch(
-                    &self.owner.node,
-                    &self.owner.incarnation,
-                    batch.seq,
-                    &batch.deltas,
-                )
-                .await;
+            let result = match work {
+                Work::Live(batch) => {
+                    self.storage
+                        .apply_batch(&self.owner, batch.seq, &batch.deltas)
+                        .await
+                }
+                Work::Replay(replay) => self.storage.replay_batch(&self.owner, replay).await,
+            };
             let seconds = started.elapsed().as_secs_f64();
             match result {
                 Ok(outcome) => {
                     crate::fault::point("after-commit");
-                    self.record_success(batch, &outcome, seconds, failures);
-                    self.state.settle(batch);
-                    if let Some(journal) = &self.journal {
-                        journal.committed(batch.seq);
+                    self.record_success(work, &outcome, seconds, failures);
+                    if let Work::Live(batch) = work {
+                        self.state.settle(batch);
+                        if let Some(journal) = &self.journal {
+                            journal.committed(batch.seq);
+                        }
                     }
                     return Written::Committed;
                 }
                 Err(e @ StorageError::Fenced(_)) => {
-                    tracing::error!(error = %e, batch = batch.seq, "flush refused; this process stops writing");
+                    tracing::error!(error = %e, batch = work.batch(), "flush refused; this process stops writing");
                     return Written::Fenced;
                 }
                 Err(e) => {
                     self.metrics.flush("failed", seconds);
                     failures += 1;
-                    self.report_failure(batch, &e, failures);
+                    self.report_failure(work, &e, failures);
                 }
             }
             tokio::select! {
@@ -352,13 +383,7 @@ impl Flusher {
         }
     }
 
-    fn record_success(
-        &self,
-        batch: &FlushBatch,
-        outcome: &BatchOutcome,
-        seconds: f64,
-        failures: u32,
-    ) {
+    fn record_success(&self, work: Work<'_>, outcome: &BatchOutcome, seconds: f64, failures: u32) {
         let label = if outcome.applied {
             "applied"
         } else {
@@ -366,43 +391,42 @@ impl Flusher {
         };
         self.metrics.flush(label, seconds);
         if outcome.applied {
-            self.metrics.flushed_rows.inc_by(batch.deltas.len() as u64);
+            self.metrics.flushed_rows.inc_by(work.keys() as u64);
         }
+        let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
         for r in &outcome.rejected {
             self.metrics.reject("total_out_of_range", 1);
             tracing::warn!(
-                key = %r.key, delta = r.delta, batch = batch.seq,
+                key = %r.key, delta = r.delta, batch, epoch,
                 "increment rejected: the total would leave the signed 64-bit range"
             );
         }
         if failures > 0 {
             tracing::info!(
-                batch = batch.seq,
+                batch,
+                epoch,
                 failures,
                 already_applied = !outcome.applied,
                 "flush succeeded after failing; PostgreSQL is reachable again"
             );
         }
-        tracing::debug!(
-            batch = batch.seq,
-            keys = batch.deltas.len(),
-            seconds,
-            "flushed"
-        );
+        tracing::debug!(batch, epoch, keys = work.keys(), seconds, "flushed");
     }
 
     /// Logs the first failure of a batch as a warning, later ones only at debug level: one
     /// line per change of state, not one per retry.
-    fn report_failure(&self, batch: &FlushBatch, error: &StorageError, failures: u32) {
+    fn report_failure(&self, work: Work<'_>, error: &StorageError, failures: u32) {
+        let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
         if failures == 1 {
             tracing::warn!(
-                batch = batch.seq,
-                keys = batch.deltas.len(),
+                batch,
+                epoch,
+                keys = work.keys(),
                 %error,
                 "flush failed; retrying the same batch until PostgreSQL takes it"
             );
         } else {
-            tracing::debug!(batch = batch.seq, failures, %error, "flush failed again");
+            tracing::debug!(batch, epoch, failures, %error, "flush failed again");
         }
     }
 }

@@ -6,6 +6,12 @@
 //! later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
 //! to PostgreSQL in its own transaction first, and the answer carries the new total.
 //!
+//! When the journal fails, the request's adds are taken back from memory, all or none. Only
+//! when that worked and the journal cut the failed write from its file is nothing applied,
+//! and the client told to retry ([`IngestError::Journal`]); otherwise the increments may still
+//! be counted (by the flusher, or by a replay of the file), and the client is told that the
+//! outcome is unknown ([`IngestError::OutcomeUnknown`]), never to retry blindly.
+//!
 //! Reads combine PostgreSQL's total with what this node still holds in memory, using the
 //! node's progress row, read in the same snapshot as the total, to count each batch once.
 
@@ -13,10 +19,9 @@ use std::sync::Arc;
 
 use crate::flush::FlushState;
 use crate::increment::Increment;
-use crate::journal::Journal;
-use crate::node::NodeId;
-use crate::pending::AddError;
-use crate::storage::{Storage, StorageError};
+use crate::journal::{Journal, JournalError};
+use crate::pending::{AddError, BatchSeq};
+use crate::storage::{Owner, Storage, StorageError};
 
 /// What the client is told once an increment is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +43,13 @@ pub enum IngestError {
     /// later.
     #[error("too many increments are waiting for the database ({what}); retry later")]
     Full { what: &'static str },
-    /// The journal could not make the increment durable; it is not acknowledged.
+    /// The journal could not make the increment durable; nothing of it was applied.
     #[error("the journal failed: {0}")]
     Journal(String),
+    /// The journal failed after the increments were handed to it, and they could not be taken
+    /// back: they may or may not be counted.
+    #[error("the outcome is unknown: {0}")]
+    OutcomeUnknown(String),
     /// PostgreSQL failed (sync mode, reads).
     #[error(transparent)]
     Storage(StorageError),
@@ -58,7 +67,8 @@ pub enum Ingest {
 pub struct Buffered {
     pub flush: Arc<FlushState>,
     pub storage: Storage,
-    pub node: NodeId,
+    /// This node and its epoch, whose progress says which in-memory batches PostgreSQL has.
+    pub owner: Owner,
     /// With `--durability journal`.
     pub journal: Option<Journal>,
     /// Past this many bytes of journal, increments are refused.
@@ -78,8 +88,7 @@ impl Ingest {
                 if let Some(journal) = &b.journal
                     && let Err(e) = journal.append_one(batch, inc.key(), inc.value()).await
                 {
-                    b.flush.pending().undo(inc.key(), inc.value(), batch);
-                    return Err(IngestError::Journal(e.to_string()));
+                    return Err(b.journal_failed(e, &[(inc.key(), inc.value(), batch)]));
                 }
                 Ok(Receipt::Buffered)
             }
@@ -110,10 +119,9 @@ impl Ingest {
                         .map(|(&batch, &(key, value))| (batch, key, value))
                         .collect();
                     if let Err(e) = journal.append(&records).await {
-                        for &(batch, key, value) in &records {
-                            b.flush.pending().undo(key, value, batch);
-                        }
-                        return Err(IngestError::Journal(e.to_string()));
+                        let adds: Vec<(&str, i64, BatchSeq)> =
+                            records.iter().map(|&(b, k, v)| (k, v, b)).collect();
+                        return Err(b.journal_failed(e, &adds));
                     }
                 }
                 Ok(())
@@ -142,7 +150,7 @@ impl Ingest {
                 let held = b.flush.unpersisted(key);
                 let (persisted, progress) = b
                     .storage
-                    .counter_and_progress(key, &b.node)
+                    .counter_and_progress(key, &b.owner)
                     .await
                     .map_err(IngestError::Storage)?;
                 let mut total = persisted;
@@ -164,6 +172,7 @@ impl IngestError {
             IngestError::Full { what: "journal" } => "journal_full",
             IngestError::Full { .. } => "pending_keys_full",
             IngestError::Journal(_) => "journal_failed",
+            IngestError::OutcomeUnknown(_) => "outcome_unknown",
             IngestError::Storage(_) => "database_unavailable",
         }
     }
@@ -185,6 +194,23 @@ impl Buffered {
             return Err(IngestError::Full { what: "journal" });
         }
         Ok(())
+    }
+
+    /// Takes back the adds of a request whose journal append failed, and says what the
+    /// client may conclude.
+    fn journal_failed(&self, e: JournalError, adds: &[(&str, i64, BatchSeq)]) -> IngestError {
+        let maybe_written = matches!(
+            e,
+            JournalError::Failed {
+                maybe_written: true,
+                ..
+            }
+        );
+        if self.flush.pending().undo_all(adds) && !maybe_written {
+            IngestError::Journal(e.to_string())
+        } else {
+            IngestError::OutcomeUnknown(e.to_string())
+        }
     }
 
     fn refuse(&self, e: AddError, key: &str, index: Option<usize>) -> IngestError {

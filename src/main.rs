@@ -44,6 +44,10 @@ fn main() -> ExitCode {
                 telemetry::init(tally::config::LogFormat::Text);
                 postgres(config).await
             }
+            Command::Journal(config) => {
+                telemetry::init(tally::config::LogFormat::Text);
+                journal(config)
+            }
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
                 telemetry::init(tally::config::LogFormat::Text);
@@ -84,6 +88,42 @@ async fn postgres(config: tally::config::PostgresConfig) -> anyhow::Result<()> {
         }
     })
     .await?
+}
+
+/// `tally journal check|repair`: the journal of a stopped node, as an operator sees it.
+fn journal(config: tally::config::JournalConfig) -> anyhow::Result<()> {
+    use tally::config::JournalAction;
+    // The lock keeps a running node's journal out of reach.
+    let data_dir = tally::node::DataDir::open(&config.data_dir)?;
+    let dir = data_dir.path().join("journal");
+    match config.action {
+        JournalAction::Check => {
+            let inspection = tally::journal::inspect(&dir)?;
+            println!("{}: {inspection}", dir.display());
+            anyhow::ensure!(
+                inspection.opens(),
+                "the journal is damaged where acknowledged increments may be; see above"
+            );
+        }
+        JournalAction::Repair => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let backup = data_dir.path().join(format!("journal-repair-{stamp}"));
+            let repaired = tally::journal::repair(&dir, &backup)?;
+            for action in &repaired.actions {
+                println!("{action}");
+            }
+            match &repaired.backup {
+                Some(backup) => println!(
+                    "repaired: the node starts on this journal; the files as they were are in {}",
+                    backup.display()
+                ),
+                None => println!("nothing to repair: the node starts on this journal"),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "mimalloc")]

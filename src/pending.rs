@@ -178,23 +178,46 @@ impl PendingDeltas {
         Ok(batches)
     }
 
-    /// Takes back an add whose acknowledgement failed (its journal record could not be made
-    /// durable), provided its batch is still open. Returns false when the batch was cut in
-    /// the meantime: the add will reach PostgreSQL and its outcome is unknown to the client.
-    pub fn undo(&self, key: &str, delta: i64, batch: BatchSeq) -> bool {
-        let (hash, shard) = self.locate(key);
-        let mut shard = lock(&self.shards[shard]);
-        if shard.batch != batch {
+    /// Takes back every `(key, delta, batch)` add of a request whose acknowledgement failed
+    /// (its journal records could not be made durable), or none of them: all or nothing, so
+    /// that a request is never half applied. Returns false, changing nothing, when any of
+    /// their batches was cut in the meantime: those adds will reach PostgreSQL, and the
+    /// request's outcome is unknown to the client.
+    ///
+    /// A sum taken back to zero is removed, so that a key the request added is not written.
+    pub fn undo_all(&self, adds: &[(&str, i64, BatchSeq)]) -> bool {
+        let located: Vec<(u64, usize)> = adds.iter().map(|(key, _, _)| self.locate(key)).collect();
+        let mut wanted: Vec<usize> = located.iter().map(|&(_, s)| s).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut guards: Vec<_> = wanted.iter().map(|&s| lock(&self.shards[s])).collect();
+        let guard_of = |s: usize| wanted.binary_search(&s).expect("shard was locked");
+        let all_open = adds
+            .iter()
+            .zip(&located)
+            .all(|(&(key, _, batch), &(hash, s))| {
+                let shard = &guards[guard_of(s)];
+                shard.batch == batch && shard.deltas.find(hash, |(k, _)| **k == *key).is_some()
+            });
+        if !all_open {
             return false;
         }
-        match shard.deltas.find_mut(hash, |(k, _)| **k == *key) {
+        let mut removed = 0;
+        for (&(key, delta, _), &(hash, s)) in adds.iter().zip(&located) {
+            let shard = &mut *guards[guard_of(s)];
+            let Ok(mut entry) = shard.deltas.find_entry(hash, |(k, _)| **k == *key) else {
+                continue;
+            };
             // Cannot overflow: it reverses an add made to this same sum.
-            Some((_, sum)) => {
-                *sum -= delta;
-                true
+            entry.get_mut().1 -= delta;
+            if entry.get().1 == 0 {
+                entry.remove();
+                shard.key_bytes -= key.len();
+                removed += 1;
             }
-            None => false,
         }
+        self.keys.fetch_sub(removed, Ordering::Relaxed);
+        true
     }
 
     fn mark_dirty(&self) {
@@ -249,6 +272,11 @@ impl PendingDeltas {
     /// Keys held in memory (open batch and unreleased cut batches).
     pub fn keys(&self) -> usize {
         self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether new keys are refused: the bound on keys held is reached.
+    pub fn is_full(&self) -> bool {
+        self.keys() >= self.max_keys
     }
 
     /// Bytes of keys and deltas in the open batch.
@@ -312,14 +340,36 @@ mod tests {
         let p = PendingDeltas::new(1, 100);
         p.add("k", 5).unwrap();
         let batch = p.add("k", 3).unwrap();
-        assert!(p.undo("k", 3, batch));
+        assert!(p.undo_all(&[("k", 3, batch)]));
         assert_eq!(p.get("k"), Some((5, 1)));
+        let batch = p.add("new", 4).unwrap();
+        assert_eq!(p.keys(), 2);
+        assert!(p.undo_all(&[("new", 4, batch)]));
+        assert_eq!(p.get("new"), None, "a key the add created is gone");
+        assert_eq!(p.keys(), 1);
         let batch = p.add("k", 2).unwrap();
         p.cut(2);
         assert!(
-            !p.undo("k", 2, batch),
+            !p.undo_all(&[("k", 2, batch)]),
             "a cut batch is on its way to PostgreSQL"
         );
+    }
+
+    #[test]
+    fn taking_back_several_adds_is_all_or_nothing() {
+        let p = PendingDeltas::new(1, 100);
+        let batches = p.add_all(&[("a", 1), ("b", 2), ("a", 3)]).unwrap();
+        let adds: Vec<_> = [("a", 1), ("b", 2), ("a", 3)]
+            .iter()
+            .zip(&batches)
+            .map(|(&(k, d), &b)| (k, d, b))
+            .collect();
+        let mut stale = adds.clone();
+        stale[1].2 = 0;
+        assert!(!p.undo_all(&stale), "one add of another batch");
+        assert_eq!(p.get("a"), Some((4, 1)), "nothing was taken back");
+        assert!(p.undo_all(&adds));
+        assert_eq!((p.get("a"), p.get("b"), p.keys()), (None, None, 0));
     }
 
     #[test]

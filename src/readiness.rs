@@ -25,6 +25,14 @@ pub enum NotReady {
     Database(String),
     #[error("the journal failed; this node cannot make increments durable")]
     JournalFailed,
+    #[error(
+        "the journal holds {bytes} bytes, its bound is {max}: increments are refused until PostgreSQL takes them"
+    )]
+    JournalFull { bytes: u64, max: u64 },
+    #[error(
+        "the bound on pending keys is reached: new keys are refused until PostgreSQL takes them"
+    )]
+    PendingFull,
     #[error("the oldest unpersisted increment is {:.1}s old (bound: {}s)", .0.as_secs_f64(), FRESHNESS_BOUND.as_secs())]
     Stale(Duration),
 }
@@ -35,22 +43,25 @@ pub struct Readiness {
     storage: Storage,
     flush: Option<Arc<FlushState>>,
     journal: Option<Journal>,
+    max_journal_bytes: u64,
 }
 
 impl Readiness {
     /// `flush` is `None` in sync mode, where nothing is ever unpersisted; `journal` is `None`
-    /// unless increments go through one.
+    /// unless increments go through one, and then refuses them past `max_journal_bytes`.
     pub fn new(
         shutting_down: CancellationToken,
         storage: Storage,
         flush: Option<Arc<FlushState>>,
         journal: Option<Journal>,
+        max_journal_bytes: u64,
     ) -> Self {
         Readiness {
             shutting_down,
             storage,
             flush,
             journal,
+            max_journal_bytes,
         }
     }
 
@@ -58,10 +69,22 @@ impl Readiness {
         if self.shutting_down.is_cancelled() {
             return Err(NotReady::ShuttingDown);
         }
-        if self.journal.as_ref().is_some_and(Journal::has_failed) {
-            return Err(NotReady::JournalFailed);
+        if let Some(journal) = &self.journal {
+            if journal.has_failed() {
+                return Err(NotReady::JournalFailed);
+            }
+            let bytes = journal.bytes();
+            if bytes >= self.max_journal_bytes {
+                return Err(NotReady::JournalFull {
+                    bytes,
+                    max: self.max_journal_bytes,
+                });
+            }
         }
         if let Some(flush) = &self.flush {
+            if flush.pending().is_full() {
+                return Err(NotReady::PendingFull);
+            }
             let age = flush.oldest_unpersisted_age();
             if age > FRESHNESS_BOUND {
                 return Err(NotReady::Stale(age));

@@ -5,14 +5,16 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use rand::RngExt;
 use tally::journal::{Journal, JournalError, JournalOptions, OpenReport};
 
 type Rec = (u64, String, i64);
 
-/// Bytes a record takes on disk: length, checksum, LSN, batch, delta and the key.
+/// Bytes a record takes on disk: length, checksum, LSN, batch, delta, flags and the key.
 fn record_len(key: &str) -> u64 {
-    32 + key.len() as u64
+    33 + key.len() as u64
 }
 
 fn open(options: JournalOptions) -> Result<(Journal, Vec<Rec>, OpenReport), JournalError> {
@@ -117,7 +119,8 @@ async fn appends_replay_in_order_across_many_segments_and_twice_alike() {
             segments: 0,
             records: 0,
             max_batch: None,
-            torn_tail: None
+            torn_tail: None,
+            gaps: Vec::new(),
         }
     );
 
@@ -281,7 +284,7 @@ async fn damage_in_an_earlier_segment_is_corruption() {
     let len = fs::metadata(earlier).unwrap().len();
 
     type Damage = Box<dyn Fn(&Path)>;
-    let cases: [(&str, Damage); 4] = [
+    let cases: [(&str, Damage); 3] = [
         (
             "a flipped byte in its last record",
             Box::new(move |p| flip_byte(p, len - 3)),
@@ -290,10 +293,6 @@ async fn damage_in_an_earlier_segment_is_corruption() {
         (
             "a flipped byte in its header",
             Box::new(|p| flip_byte(p, 17)),
-        ),
-        (
-            "a missing segment",
-            Box::new(|p| fs::remove_file(p).unwrap()),
         ),
     ];
     for (what, damage) in cases {
@@ -477,4 +476,180 @@ async fn a_missing_directory_is_created() {
         segments(&nested)[0].file_name().unwrap(),
         "00000000000000000001.journal"
     );
+}
+
+/// A journal whose last segment ends in one group commit of `group` records (one append),
+/// after records appended one by one; returns the records and where the group starts.
+async fn journal_ending_in_a_group(dir: &Path, group: usize) -> (Vec<Rec>, u64) {
+    let head = records(0..10);
+    let (journal, _, _) = open(small_segments(dir, u64::MAX)).unwrap();
+    append_all(&journal, &head).await;
+    let last = segments(dir).pop().unwrap();
+    let group_start = fs::metadata(&last).unwrap().len();
+    let tail = records(10..10 + group as u64);
+    let slice: Vec<(u64, &str, i64)> = tail.iter().map(|(b, k, d)| (*b, k.as_str(), *d)).collect();
+    journal.append(&slice).await.unwrap();
+    journal.close().unwrap();
+    assert_eq!(journal.stats().syncs, 11, "the tail is one group commit");
+    ([head, tail].concat(), group_start)
+}
+
+/// A power cut during a group commit's sync may leave a later page of it on disk and not an
+/// earlier one. Nothing of that group was acknowledged, so it is cut, not called corruption.
+#[tokio::test]
+async fn damage_inside_the_last_group_commit_is_cut_with_the_rest_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (written, group_start) = journal_ending_in_a_group(dir.path(), 6).await;
+    let last = segments(dir.path()).pop().unwrap();
+    // The second record of the group, whole records of the same group after it.
+    let second = group_start + record_len(&written[10].1);
+    flip_byte(&last, second + 20);
+
+    let (_journal, replayed, report) = open(small_segments(dir.path(), u64::MAX)).unwrap();
+    assert_eq!(replayed, written[..11], "everything before the damage");
+    let warning = report.torn_tail.expect("the cut is reported");
+    assert!(
+        warning.contains("same unfinished group commit"),
+        "{warning}"
+    );
+    assert!(warning.contains("4 whole records"), "{warning}");
+    assert_eq!(
+        fs::metadata(&last).unwrap().len(),
+        second,
+        "cut at the damage"
+    );
+}
+
+/// Damage followed by a later group commit hit records that were acknowledged: the journal
+/// refuses to open; `inspect` says where, and `repair` drops exactly the damaged record,
+/// keeping every readable one after it.
+#[tokio::test]
+async fn damage_before_a_later_group_commit_refuses_to_open_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (written, group_start) = journal_ending_in_a_group(dir.path(), 6).await;
+    let last = segments(dir.path()).pop().unwrap();
+    // The second-to-last record appended alone, before the group.
+    let alone = group_start - record_len(&written[9].1) - record_len(&written[8].1);
+    flip_byte(&last, alone + 20);
+    assert_corrupt(open(small_segments(dir.path(), u64::MAX)), "a later group");
+
+    let inspection = tally::journal::inspect(dir.path()).unwrap();
+    assert!(!inspection.opens());
+    let text = inspection.to_string();
+    assert!(text.contains("later group commit starts at byte"), "{text}");
+    assert!(text.contains("refuses to start"), "{text}");
+
+    let backup = tempfile::tempdir().unwrap();
+    let repaired = tally::journal::repair(dir.path(), backup.path()).unwrap();
+    let said = repaired.actions.join("\n");
+    assert!(
+        said.contains("the records with LSNs 9 to 9 (1 records) could not be read"),
+        "{said}"
+    );
+    assert!(said.contains("moved to"), "{said}");
+    assert_eq!(
+        fs::read_dir(backup.path()).unwrap().count(),
+        1,
+        "the damaged file was copied first"
+    );
+    assert!(tally::journal::inspect(dir.path()).unwrap().opens());
+    let (_journal, replayed, report) = open(small_segments(dir.path(), u64::MAX)).unwrap();
+    let mut expected = written.clone();
+    expected.remove(8);
+    assert_eq!(replayed, expected, "all but the damaged record");
+    assert_eq!(report.gaps.len(), 1, "{report:?}");
+}
+
+/// A segment deletion whose directory fsync did not reach the disk, while a later one did,
+/// leaves a gap: the journal opens, replays the rest and reports it.
+#[tokio::test]
+async fn a_missing_segment_is_a_gap_not_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = journal_with_tail(dir.path(), 4).await;
+    let files = segments(dir.path());
+    let removed = &files[1];
+    // The records it held, from a scan of it alone.
+    let alone = tempfile::tempdir().unwrap();
+    fs::copy(removed, alone.path().join(removed.file_name().unwrap())).unwrap();
+    let held = open(small_segments(alone.path(), u64::MAX))
+        .unwrap()
+        .1
+        .len();
+    assert!(held > 0);
+    fs::remove_file(removed).unwrap();
+    let (_journal, replayed, report) = open(small_segments(dir.path(), u64::MAX)).unwrap();
+    assert_eq!(replayed.len(), written.len() - held);
+    assert_eq!(report.gaps.len(), 1, "{report:?}");
+    assert!(report.gaps[0].contains("are missing"), "{:?}", report.gaps);
+}
+
+/// Every record carries the epoch of the journal that wrote it; segments of earlier epochs
+/// are deleted once `replayed` says PostgreSQL has them, and `epochs` reads them from the
+/// headers alone.
+#[tokio::test]
+async fn records_carry_their_epoch_and_earlier_epochs_go_once_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_epoch = |epoch| JournalOptions {
+        epoch,
+        rotate_on_commit_bytes: u64::MAX,
+        ..JournalOptions::new(dir.path())
+    };
+    let (journal, _) = Journal::open(with_epoch(3), |_| {}).unwrap();
+    journal.append_one(1, "a", 1).await.unwrap();
+    journal.close().unwrap();
+    drop(journal);
+    let (journal, _) = Journal::open(with_epoch(5), |_| {}).unwrap();
+    journal.append_one(1, "b", 1).await.unwrap();
+    journal.close().unwrap();
+    drop(journal);
+    assert_eq!(
+        tally::journal::epochs(dir.path()).unwrap(),
+        [3, 5].into_iter().collect()
+    );
+
+    let mut seen = Vec::new();
+    let (journal, _) = Journal::open(with_epoch(6), |r| {
+        seen.push((r.epoch, r.lsn, r.batch, r.key.to_owned()))
+    })
+    .unwrap();
+    assert_eq!(seen, [(3, 1, 1, "a".to_owned()), (5, 2, 1, "b".to_owned())]);
+    journal.committed(1);
+    journal.settle().await;
+    assert_eq!(
+        segments(dir.path()).len(),
+        3,
+        "batch 1 of epoch 6 is not theirs"
+    );
+    journal.replayed();
+    journal.settle().await;
+    assert_eq!(
+        segments(dir.path()).len(),
+        1,
+        "only the active segment is left"
+    );
+    assert_eq!(journal.bytes(), disk_bytes(dir.path()));
+}
+
+#[tokio::test]
+async fn a_version_1_journal_replays_as_epoch_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = records(0..5);
+    fs::write(
+        dir.path().join("00000000000000000001.journal"),
+        common::journal_files::version_1_segment(1, &old),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let (journal, report) = Journal::open(JournalOptions::new(dir.path()), |r| {
+        seen.push((r.epoch, r.batch, r.key.to_owned(), r.delta))
+    })
+    .unwrap();
+    assert_eq!(report.records, 5);
+    let expected: Vec<_> = old.iter().map(|(b, k, d)| (0, *b, k.clone(), *d)).collect();
+    assert_eq!(seen, expected);
+    journal.append_one(7, "new", 1).await.unwrap();
+    journal.close().unwrap();
+    drop(journal);
+    let (_journal, replayed, _) = open(JournalOptions::new(dir.path())).unwrap();
+    assert_eq!(replayed.len(), 6, "old and new formats side by side");
 }

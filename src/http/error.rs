@@ -234,6 +234,14 @@ impl From<IngestError> for ApiError {
                     "the node cannot make increments durable; retry on another node",
                 )
             }
+            IngestError::OutcomeUnknown(why) => {
+                tracing::error!(error = %why, "increment's outcome unknown: the journal failed after taking it");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "outcome_unknown",
+                    "the node failed while taking this request and cannot tell whether it will be counted; do not retry it blindly",
+                )
+            }
             IngestError::Storage(e) => {
                 tracing::warn!(error = %e, "request failed on the database");
                 ApiError::unavailable(

@@ -38,6 +38,7 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Val
                 NotReady::Database(_) => "database_unavailable",
                 NotReady::Stale(_) => "stale",
                 NotReady::JournalFailed => "journal_failed",
+                NotReady::JournalFull { .. } | NotReady::PendingFull => "overloaded",
             };
             Err(ApiError::unavailable(code, reason.to_string()))
         }

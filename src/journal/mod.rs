@@ -5,30 +5,41 @@
 //! returns. After PostgreSQL commits batch N the flusher calls [`Journal::committed`]; at
 //! start the node replays the journal ([`Journal::open`]) and keeps what PostgreSQL lacks.
 //!
+//! Every record belongs to an *epoch*: the node's claim on its id that the process which
+//! wrote it held (`storage::claim`). A record is identified by its epoch, batch and sequence
+//! number, so records written under one claim can never be mistaken for another's.
+//!
 //! Invariants:
 //!
 //! - **Durable before acknowledged.** An append returns `Ok` only after an `fdatasync` that
 //!   started after its bytes were handed to the writer (`writer.rs` explains the group commit).
 //! - **Failure is final.** Once a write or sync fails, that append, every append waiting for
-//!   a later sync and every later append fail; nothing is retried and then acknowledged.
+//!   a later sync and every later append fail; nothing is retried and then acknowledged. The
+//!   failed write is cut from the file, and its appenders are told if that failed.
 //! - **One order.** Every record has a sequence number (LSN), one more than the record before
 //!   it, across segments. Replay is in LSN order, never by time, and yields exactly the whole
-//!   records on disk: replaying twice yields the same records (the caller skips batches that
+//!   records on disk: replaying twice yields the same records (the caller skips those that
 //!   PostgreSQL already has).
-//! - **Torn tail versus corruption.** Damage at the very end of the last segment is a write
-//!   that a crash cut short, never acknowledged: it is cut off with a warning. Damage anywhere
-//!   else may have acknowledged records behind it: the journal refuses to open.
-//! - **Deleted only when committed.** A segment is deleted only by [`Journal::committed`], only
-//!   once closed, only when every record in it belongs to a committed batch, and oldest first,
-//!   so that the segments left are contiguous in LSN and a missing one is detected.
+//! - **Unfinished writes versus corruption.** Damage that only a crash during the last group
+//!   commit can explain (a torn last record, or damage with nothing after it but records of the
+//!   same group commit) was never acknowledged: it is cut off with a warning. Damage anywhere
+//!   else may have acknowledged records behind it: the journal refuses to open, and
+//!   `tally journal check` / `tally journal repair` (`repair.rs`) show and drop it.
+//! - **Deleted only when in PostgreSQL.** A segment is deleted only once closed, only when
+//!   PostgreSQL has every record in it ([`Journal::committed`] for this epoch's batches,
+//!   [`Journal::replayed`] for earlier epochs), and oldest first, each deletion durable
+//!   before the next.
 //!
 //! The format is in `record.rs` (framing) and `segment.rs` (files).
 
 #![warn(missing_docs)]
 
 mod record;
+mod repair;
 mod segment;
 mod writer;
+
+pub use repair::{Inspection, Repaired, SegmentReport, inspect, repair};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,23 +62,38 @@ pub struct JournalOptions {
     pub rotate_on_commit_bytes: u64,
     /// When set, observes the duration of every `fdatasync` of appended records, in seconds.
     pub fsync_seconds: Option<Histogram>,
+    /// The epoch of the records this process appends: its claim on the node id, above every
+    /// epoch already in the journal.
+    pub epoch: u64,
 }
 
 impl JournalOptions {
-    /// Default sizes (64 MiB segments, rotation on commit from 1 MiB) for a journal in `dir`.
+    /// Default sizes (64 MiB segments, rotation on commit from 1 MiB) for a journal in `dir`
+    /// whose appends belong to epoch 1.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         JournalOptions {
             dir: dir.into(),
             segment_bytes: 64 << 20,
             rotate_on_commit_bytes: 1 << 20,
             fsync_seconds: None,
+            epoch: 1,
         }
     }
+}
+
+/// The epochs of the records in the journal at `dir`, read from segment headers only, so that
+/// a new claim can be made above them before the journal is opened. Empty when there is none.
+pub fn epochs(dir: &std::path::Path) -> Result<std::collections::BTreeSet<u64>, JournalError> {
+    segment::epochs(dir)
 }
 
 /// One record as read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
+    /// The claim of the process that wrote it (0 for journals older than epochs).
+    pub epoch: u64,
+    /// Its sequence number in the journal.
+    pub lsn: u64,
     /// The flush batch the increment landed in.
     pub batch: u64,
     /// The counter's key, borrowed from the segment being read.
@@ -87,6 +113,9 @@ pub struct OpenReport {
     pub max_batch: Option<u64>,
     /// Set when a torn tail was cut off: which file, where and why, for a warning.
     pub torn_tail: Option<String>,
+    /// LSN ranges missing between segments (a deletion whose directory fsync did not reach
+    /// the disk while a later one did), for a warning.
+    pub gaps: Vec<String>,
 }
 
 /// Counters of the journal's work, for metrics and benchmarks.
@@ -117,7 +146,7 @@ pub enum JournalError {
     },
     /// Damage that is not a torn tail: acknowledged records may be lost, so the journal
     /// refuses to open. `offset` is the byte in the file where the damage starts.
-    #[error("journal corrupt: {} at byte {offset}: {reason}", path.display())]
+    #[error("journal corrupt: {} at byte {offset}: {reason} (stop the node; `tally journal check` shows the damage, `tally journal repair` drops it and says what it dropped)", path.display())]
     Corrupt {
         /// The damaged segment file.
         path: PathBuf,
@@ -127,8 +156,14 @@ pub enum JournalError {
         reason: String,
     },
     /// A write or sync failed; the journal accepts nothing more.
-    #[error("journal failed, nothing more is accepted: {0}")]
-    Failed(Arc<str>),
+    #[error("journal failed, nothing more is accepted: {reason}")]
+    Failed {
+        /// What failed.
+        reason: Arc<str>,
+        /// The append's records were handed to the failed write and could not be cut from the
+        /// file: they may be replayed at the next start.
+        maybe_written: bool,
+    },
     /// The journal was closed.
     #[error("journal is closed")]
     Closed,
@@ -179,12 +214,13 @@ impl Journal {
     /// Scans the segments in LSN order and calls `visit` for every whole record, then starts
     /// the writer on a new segment.
     ///
-    /// A short or bad record at the very end of the last segment is a torn tail: it and what
-    /// follows are cut off (the file is truncated and fsynced), reported in
-    /// [`OpenReport::torn_tail`], and not visited. A bad record followed by a valid one, a bad
-    /// record in any earlier segment, or a gap in the LSNs is corruption: `open` fails with
-    /// [`JournalError::Corrupt`] and the node must not start. When `open` fails, `visit` may
-    /// already have seen records before the damage; the caller discards them.
+    /// Damage in the last segment that nothing acknowledged can be behind (a torn last record,
+    /// or damage followed only by records of the same unfinished group commit) is cut off
+    /// (the file is truncated and fsynced), reported in [`OpenReport::torn_tail`], and not
+    /// visited. Any other damage is corruption: `open` fails with [`JournalError::Corrupt`]
+    /// and the node must not start until `tally journal repair` has dropped it. A gap between
+    /// segments is reported in [`OpenReport::gaps`]. When `open` fails, `visit` may already
+    /// have seen records before the damage; the caller discards them.
     ///
     /// Blocks on file I/O: call it before serving, or from a blocking thread.
     pub fn open(
@@ -209,13 +245,14 @@ impl Journal {
         if scan.segments.last().is_some_and(|s| s.records == 0) {
             scan.segments.pop();
         }
-        let (file, active) = segment::create(&dir, scan.next_lsn)?;
+        let (file, active) = segment::create(&dir, scan.next_lsn, options.epoch)?;
         let closed: std::collections::VecDeque<_> = scan.segments.into();
         let bytes = closed.iter().map(|s| s.bytes).sum::<u64>() + active.bytes;
         let shared = Arc::new(Shared::new(scan.next_lsn, bytes, closed.len() + 1));
         let writer = Writer {
             shared: shared.clone(),
             dir: dir.clone(),
+            epoch: options.epoch,
             file,
             active,
             closed,
@@ -226,6 +263,7 @@ impl Journal {
             spare: Vec::new(),
             housekept: 0,
             settled: 0,
+            dir_unsynced: false,
         };
         let thread = std::thread::Builder::new()
             .name("tally-journal".into())
@@ -242,6 +280,7 @@ impl Journal {
             records: scan.records,
             max_batch,
             torn_tail: scan.torn_tail,
+            gaps: scan.gaps,
         };
         Ok((journal, report))
     }
@@ -283,6 +322,12 @@ impl Journal {
     /// deletable, so that the segments left stay contiguous and a missing one is detected.
     pub fn committed(&self, batch: u64) {
         self.inner.shared.committed(batch);
+    }
+
+    /// Tells the journal that PostgreSQL has every record of earlier epochs (those found at
+    /// [`open`](Self::open)): their segments are deleted, oldest first, like committed ones.
+    pub fn replayed(&self) {
+        self.inner.shared.replayed();
     }
 
     /// Returns once the writer has finished what it was asked before this call: every

@@ -1,26 +1,35 @@
 //! Segment files: their header and names, how one is created, and the scan that replays them.
 //!
-//! A segment is `<first LSN, 20 digits>.journal`, so lexical order is LSN order: a 32-byte
-//! header (magic, format version, first LSN, header checksum) and then records back to back.
-//! A segment is created under `.journal.tmp`, fsynced, renamed into place and the directory
-//! fsynced, so a segment that exists has a whole header, and a leftover `.tmp` never held a
-//! record. The segments on disk are contiguous in LSN: each starts where the previous ended
-//! (only the oldest are deleted), so a missing or misplaced file is detected, not skipped.
+//! A segment is `<first LSN, 20 digits>.journal`, so lexical order is LSN order: a header
+//! (magic, format version, first LSN, the epoch of its records, header checksum) and then
+//! records back to back. A segment is created under `.journal.tmp`, fsynced, renamed into
+//! place and the directory fsynced, so a segment that exists has a whole header, and a
+//! leftover `.tmp` never held a record.
+//!
+//! Each segment starts where the previous one ended. Only the oldest are deleted, each
+//! deletion made durable before the next, so a gap between segments can only mean a deletion
+//! that did not reach the disk while a later one did: the scan reports it and goes on.
+//!
+//! The rules that decide what damage may be cut at start live in [`judge`], used both by the
+//! scan at start and by `tally journal check` and `repair` (`repair.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::record::{self, find_valid_record, u32_at, u64_at};
+use super::record::{self, Decoded, Format, GROUP_START, find_valid_record, u32_at, u64_at};
 use super::{JournalError, Record};
 
 /// Identifies a Tally journal segment.
 const MAGIC: [u8; 8] = *b"TALLYJNL";
-/// The format this code writes and reads; a segment of another version is refused.
-const VERSION: u32 = 1;
-/// Bytes of the segment header.
-pub(crate) const HEADER_LEN: usize = 32;
-const SUFFIX: &str = ".journal";
+/// The format this code writes. Version 1 (no epoch in the header, no flags in records) is
+/// still read.
+const VERSION: u32 = 2;
+/// Bytes of a version 1 header.
+const HEADER_LEN_V1: usize = 32;
+/// Bytes of the header this code writes.
+pub(crate) const HEADER_LEN: usize = 40;
+pub(crate) const SUFFIX: &str = ".journal";
 const TMP_SUFFIX: &str = ".journal.tmp";
 /// Digits of the LSN in a segment's name: enough for any u64, so names sort like numbers.
 const NAME_DIGITS: usize = 20;
@@ -29,6 +38,8 @@ const NAME_DIGITS: usize = 20;
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub path: PathBuf,
+    /// The epoch of every record in it: the claim of the process that wrote it.
+    pub epoch: u64,
     /// Size on disk, header included.
     pub bytes: u64,
     pub records: u64,
@@ -44,12 +55,23 @@ impl Segment {
     }
 }
 
+/// A segment's header, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub format: Format,
+    pub first_lsn: u64,
+    /// 0 for version 1 segments, written before epochs existed.
+    pub epoch: u64,
+    /// Bytes the header takes.
+    pub len: usize,
+}
+
 pub(crate) fn file_name(first_lsn: u64) -> String {
     format!("{first_lsn:0NAME_DIGITS$}{SUFFIX}")
 }
 
 /// The first LSN a segment's file name announces, if it is a segment's name.
-fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+pub(crate) fn parse_name(name: &str, suffix: &str) -> Option<u64> {
     let digits = name.strip_suffix(suffix)?;
     if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -57,39 +79,76 @@ fn parse_name(name: &str, suffix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn encode_header(first_lsn: u64) -> [u8; HEADER_LEN] {
+/// ```text
+/// magic: 8 bytes | version: u32 LE | flags: u32 LE (none defined) | first LSN: u64 LE |
+/// epoch: u64 LE | crc32c of the 32 bytes before: u32 LE | zero: 4 bytes
+/// ```
+pub(crate) fn encode_header(first_lsn: u64, epoch: u64) -> [u8; HEADER_LEN] {
     let mut h = [0; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    // 12..16: flags, none defined yet.
     h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h[24..32].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..32]);
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// The first LSN a header announces, or why it is not a valid header.
-fn decode_header(h: &[u8]) -> Result<u64, String> {
-    if h.len() < HEADER_LEN {
+/// A header of `format` for a segment starting at `first_lsn`: what `repair` writes when it
+/// moves the records after damage into a segment of their own, in their original format.
+pub(crate) fn encode_header_as(format: Format, first_lsn: u64, epoch: u64) -> Vec<u8> {
+    match format {
+        Format::V2 => encode_header(first_lsn, epoch).to_vec(),
+        Format::V1 => {
+            let mut h = vec![0; HEADER_LEN_V1];
+            h[0..8].copy_from_slice(&MAGIC);
+            h[8..12].copy_from_slice(&1u32.to_le_bytes());
+            h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
+            let crc = crc32c::crc32c(&h[..24]);
+            h[24..28].copy_from_slice(&crc.to_le_bytes());
+            h
+        }
+    }
+}
+
+/// The header at the front of `h`, or why it is not a valid one.
+pub(crate) fn decode_header(h: &[u8]) -> Result<Header, String> {
+    if h.len() < 12 {
         return Err(format!("{} bytes, too short for a segment header", h.len()));
     }
     if h[0..8] != MAGIC {
         return Err("not a Tally journal segment (bad magic)".into());
     }
-    let stored = u32_at(h, 24);
-    let computed = crc32c::crc32c(&h[..24]);
+    let version = u32_at(h, 8);
+    let (format, len, crc_at) = match version {
+        1 => (Format::V1, HEADER_LEN_V1, 24),
+        2 => (Format::V2, HEADER_LEN, 32),
+        _ => {
+            return Err(format!(
+                "segment format version {version}; this Tally reads versions 1 and {VERSION}"
+            ));
+        }
+    };
+    if h.len() < len {
+        return Err(format!("{} bytes, too short for a segment header", h.len()));
+    }
+    let stored = u32_at(h, crc_at);
+    let computed = crc32c::crc32c(&h[..crc_at]);
     if stored != computed {
         return Err(format!(
             "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
         ));
     }
-    let version = u32_at(h, 8);
-    if version != VERSION {
-        return Err(format!(
-            "segment format version {version}; this Tally reads version {VERSION}"
-        ));
-    }
-    Ok(u64_at(h, 16))
+    Ok(Header {
+        format,
+        first_lsn: u64_at(h, 16),
+        epoch: if format == Format::V1 {
+            0
+        } else {
+            u64_at(h, 24)
+        },
+        len,
+    })
 }
 
 pub(crate) fn io_error(
@@ -111,10 +170,33 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         .map_err(io_error("fsync directory", dir))
 }
 
-/// Creates the segment that starts at `first_lsn` and returns it open for appending, its
-/// header durable and its name durable in the directory. An existing file of that name (an
-/// empty segment from an earlier run) is replaced in one step.
-pub(crate) fn create(dir: &Path, first_lsn: u64) -> Result<(File, Segment), JournalError> {
+/// Creates the segment that starts at `first_lsn` for records of `epoch` and returns it open
+/// for appending, its header durable and its name durable in the directory. An existing file
+/// of that name (an empty segment from an earlier run) is replaced in one step.
+pub(crate) fn create(
+    dir: &Path,
+    first_lsn: u64,
+    epoch: u64,
+) -> Result<(File, Segment), JournalError> {
+    let (file, path) = create_with(dir, first_lsn, &encode_header(first_lsn, epoch), &[])?;
+    let segment = Segment {
+        path,
+        epoch,
+        bytes: HEADER_LEN as u64,
+        records: 0,
+        max_batch: None,
+    };
+    Ok((file, segment))
+}
+
+/// Writes `header` and `body` to a new segment named for `first_lsn`, durably, and returns it
+/// open for appending.
+pub(crate) fn create_with(
+    dir: &Path,
+    first_lsn: u64,
+    header: &[u8],
+    body: &[u8],
+) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(file_name(first_lsn));
     let tmp = dir.join(format!("{first_lsn:0NAME_DIGITS$}{TMP_SUFFIX}"));
     let mut file = OpenOptions::new()
@@ -123,18 +205,199 @@ pub(crate) fn create(dir: &Path, first_lsn: u64) -> Result<(File, Segment), Jour
         .truncate(true)
         .open(&tmp)
         .map_err(io_error("create", &tmp))?;
-    file.write_all(&encode_header(first_lsn))
-        .map_err(io_error("write", &tmp))?;
+    file.write_all(header).map_err(io_error("write", &tmp))?;
+    file.write_all(body).map_err(io_error("write", &tmp))?;
     file.sync_all().map_err(io_error("fsync", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_error("rename into place", &tmp))?;
     sync_dir(dir)?;
-    let segment = Segment {
-        path,
-        bytes: HEADER_LEN as u64,
-        records: 0,
-        max_batch: None,
+    Ok((file, path))
+}
+
+/// The segments in `dir`, oldest first. Leftover temporary files are removed when
+/// `remove_tmp`: a segment is renamed into place before its first record is written, so they
+/// hold nothing.
+pub(crate) fn list(dir: &Path, remove_tmp: bool) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut segments = Vec::new();
+    let mut removed = false;
+    for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(lsn) = parse_name(&name, SUFFIX) {
+            segments.push((lsn, entry.path()));
+        } else if remove_tmp && parse_name(&name, TMP_SUFFIX).is_some() {
+            fs::remove_file(entry.path()).map_err(io_error("remove", &entry.path()))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    segments.sort_unstable_by_key(|&(lsn, _)| lsn);
+    Ok(segments)
+}
+
+/// The epochs of the segments in `dir`, read from their headers only; a header that cannot be
+/// read is left to the scan to judge. Empty when the directory does not exist.
+pub(crate) fn epochs(dir: &Path) -> Result<std::collections::BTreeSet<u64>, JournalError> {
+    let mut epochs = std::collections::BTreeSet::new();
+    if !dir.is_dir() {
+        return Ok(epochs);
+    }
+    for (_, path) in list(dir, false)? {
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        File::open(&path)
+            .and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut head))
+            .map_err(io_error("read", &path))?;
+        if let Ok(header) = decode_header(&head) {
+            epochs.insert(header.epoch);
+        }
+    }
+    Ok(epochs)
+}
+
+/// A stretch of a segment that holds no whole, valid record in LSN order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage {
+    /// Where it starts.
+    pub offset: usize,
+    /// Where the next valid record starts, or the end of the file.
+    pub end: usize,
+    /// What is wrong at `offset`.
+    pub reason: String,
+    /// The LSN the first record in the damage should have had.
+    pub first_lsn: u64,
+    /// The LSN of the valid record after it; `None` when nothing valid follows.
+    pub next_lsn: Option<u64>,
+}
+
+/// What [`walk`] found in one segment.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    /// Damaged stretches, in file order.
+    pub damages: Vec<Damage>,
+    /// Valid records after the first damage.
+    pub records_after_damage: u64,
+    /// Offset of the first record after the first damage that starts a group commit.
+    pub group_start_after_damage: Option<usize>,
+    /// The LSN a record appended after the last valid one would carry.
+    pub next_lsn: u64,
+}
+
+/// Decodes every record of a segment's bytes in order, calling `on_record` with each valid one,
+/// its offset, and whether damage came before it. Damage is skipped to the next valid record
+/// of a plausible LSN, so that everything readable is seen and every damaged stretch named.
+pub(crate) fn walk(
+    data: &[u8],
+    header: &Header,
+    mut on_record: impl FnMut(&Decoded<'_>, usize, bool),
+) -> Walk {
+    let mut walk = Walk {
+        next_lsn: header.first_lsn,
+        ..Walk::default()
     };
-    Ok((file, segment))
+    let mut offset = header.len;
+    while offset < data.len() {
+        let reason = match record::decode(&data[offset..], header.format, header.epoch) {
+            Ok(d) if d.record.lsn == walk.next_lsn => {
+                let after_damage = !walk.damages.is_empty();
+                if after_damage {
+                    walk.records_after_damage += 1;
+                    if d.flags & GROUP_START != 0 && walk.group_start_after_damage.is_none() {
+                        walk.group_start_after_damage = Some(offset);
+                    }
+                }
+                on_record(&d, offset, after_damage);
+                offset += d.size;
+                walk.next_lsn += 1;
+                continue;
+            }
+            Ok(d) => format!(
+                "record has LSN {} where {} was expected",
+                d.record.lsn, walk.next_lsn
+            ),
+            Err(bad) => bad.to_string(),
+        };
+        let found = find_valid_record(&data[offset + 1..], walk.next_lsn, header.format)
+            .map(|at| offset + 1 + at);
+        let next_lsn = found.map(|at| u64_at(data, at + record::FRAME_HEADER));
+        walk.damages.push(Damage {
+            offset,
+            end: found.unwrap_or(data.len()),
+            reason,
+            first_lsn: walk.next_lsn,
+            next_lsn,
+        });
+        match (found, next_lsn) {
+            (Some(at), Some(lsn)) => {
+                offset = at;
+                walk.next_lsn = lsn;
+            }
+            _ => break,
+        }
+    }
+    walk
+}
+
+/// What the rules make of a segment's damage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No damage.
+    Whole,
+    /// Damage that no acknowledged record can be behind: cut the file at `offset`.
+    Cut {
+        offset: usize,
+        /// Why that is safe, for the log.
+        why: String,
+    },
+    /// Damage that acknowledged records may be behind: the node must not start.
+    Corrupt { offset: usize, reason: String },
+}
+
+/// Decides what may be done about a segment's damage.
+///
+/// Only the last segment can hold records that were never acknowledged: a write is synced
+/// before the next one starts, and a segment is closed only after its last write was synced.
+/// In it, damage is cut when nothing valid follows it (a torn write), or, in the current
+/// format, when every valid record after it belongs to the same group commit as the damage
+/// (none starts a new group): that group's sync never finished, so none of it was
+/// acknowledged, and a power cut may have written its pages in any order. A record that
+/// starts a later group after the damage proves the damaged one was synced and acknowledged.
+pub(crate) fn judge(walk: &Walk, format: Format, last: bool) -> Verdict {
+    let Some(first) = walk.damages.first() else {
+        return Verdict::Whole;
+    };
+    let corrupt = |reason: String| Verdict::Corrupt {
+        offset: first.offset,
+        reason,
+    };
+    if !last {
+        return corrupt(format!("{} (not the last segment)", first.reason));
+    }
+    if walk.records_after_damage == 0 {
+        return Verdict::Cut {
+            offset: first.offset,
+            why: first.reason.clone(),
+        };
+    }
+    match (format, walk.group_start_after_damage) {
+        (Format::V2, None) => Verdict::Cut {
+            offset: first.offset,
+            why: format!(
+                "{}; the {} whole records after it belong to the same unfinished group commit, never acknowledged",
+                first.reason, walk.records_after_damage
+            ),
+        },
+        (Format::V2, Some(at)) => corrupt(format!(
+            "{}, yet a later group commit starts at byte {at}, so the damaged records were acknowledged",
+            first.reason
+        )),
+        (Format::V1, _) => corrupt(format!(
+            "{}, yet a valid record follows at byte {}",
+            first.reason, first.end
+        )),
+    }
 }
 
 /// What a scan found.
@@ -148,46 +411,24 @@ pub(crate) struct Scan {
     /// The LSN the next record must carry.
     pub next_lsn: u64,
     pub torn_tail: Option<String>,
-}
-
-/// The segments in `dir`, oldest first. Leftover temporary files are removed: a segment is
-/// renamed into place before its first record is written, so they hold nothing.
-fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
-    let mut segments = Vec::new();
-    let mut removed = false;
-    for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
-        let entry = entry.map_err(io_error("list", dir))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if let Some(lsn) = parse_name(&name, SUFFIX) {
-            segments.push((lsn, entry.path()));
-        } else if parse_name(&name, TMP_SUFFIX).is_some() {
-            fs::remove_file(entry.path()).map_err(io_error("remove", &entry.path()))?;
-            removed = true;
-        }
-    }
-    if removed {
-        sync_dir(dir)?;
-    }
-    segments.sort_unstable_by_key(|&(lsn, _)| lsn);
-    Ok(segments)
+    /// LSN ranges missing between segments, described.
+    pub gaps: Vec<String>,
 }
 
 /// Reads every segment in LSN order and calls `visit` for each whole record.
 ///
-/// Damage at the very end of the last segment is a torn tail (a write that a crash cut short,
-/// never acknowledged): the file is cut at the last whole record and fsynced. Damage anywhere
-/// else, or followed by a valid record, is corruption: acknowledged records may be behind it,
-/// so the scan fails rather than guess.
+/// Damage is judged by [`judge`]: what may be cut is cut (the file is truncated and fsynced,
+/// and the cut reported as a torn tail); anything else fails the scan with
+/// [`JournalError::Corrupt`], since acknowledged records may be behind it.
 pub(crate) fn scan(dir: &Path, mut visit: impl FnMut(Record<'_>)) -> Result<Scan, JournalError> {
-    let names = list(dir)?;
+    let names = list(dir, true)?;
     let mut scan = Scan {
         segments: Vec::with_capacity(names.len()),
         read: names.len(),
         records: 0,
         next_lsn: 1,
         torn_tail: None,
+        gaps: Vec::new(),
     };
     let corrupt = |path: &Path, offset: usize, reason: String| JournalError::Corrupt {
         path: path.to_owned(),
@@ -203,11 +444,11 @@ pub(crate) fn scan(dir: &Path, mut visit: impl FnMut(Record<'_>)) -> Result<Scan
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(io_error("read", path))?;
 
-        let first_lsn = match decode_header(&data) {
-            Ok(lsn) => lsn,
+        let header = match decode_header(&data) {
+            Ok(header) => header,
             // Only a crash between creating and renaming could leave this, and renaming comes
             // after the header is durable; still, such a file holds no record.
-            Err(reason) if last && data.len() < HEADER_LEN => {
+            Err(reason) if last && is_short_header(&data) => {
                 fs::remove_file(path).map_err(io_error("remove", path))?;
                 sync_dir(dir)?;
                 scan.torn_tail = Some(format!(
@@ -219,84 +460,87 @@ pub(crate) fn scan(dir: &Path, mut visit: impl FnMut(Record<'_>)) -> Result<Scan
             }
             Err(reason) => return Err(corrupt(path, 0, reason)),
         };
-        if first_lsn != *name_lsn {
+        if header.first_lsn != *name_lsn {
             return Err(corrupt(
                 path,
                 16,
                 format!(
-                    "the header says the segment starts at LSN {first_lsn}, its name says {name_lsn}"
+                    "the header says the segment starts at LSN {}, its name says {name_lsn}",
+                    header.first_lsn
                 ),
             ));
         }
-        if let Some(expected) = expected
-            && first_lsn != expected
-        {
-            return Err(corrupt(
-                path,
-                16,
-                format!(
-                    "the segment starts at LSN {first_lsn} but the previous one ends before LSN {expected}: a segment is missing or out of place"
-                ),
-            ));
+        if let Some(expected) = expected {
+            if header.first_lsn < expected {
+                return Err(corrupt(
+                    path,
+                    16,
+                    format!(
+                        "the segment starts at LSN {} but the previous one ends at LSN {}: segments overlap",
+                        header.first_lsn,
+                        expected - 1
+                    ),
+                ));
+            }
+            if header.first_lsn > expected {
+                scan.gaps.push(format!(
+                    "LSNs {expected} to {} are missing before {}",
+                    header.first_lsn - 1,
+                    path.display()
+                ));
+            }
         }
 
         let mut segment = Segment {
             path: path.clone(),
-            bytes: 0,
+            epoch: header.epoch,
+            bytes: data.len() as u64,
             records: 0,
             max_batch: None,
         };
-        let mut lsn = first_lsn;
-        let mut offset = HEADER_LEN;
-        while offset < data.len() {
-            let reason = match record::decode(&data[offset..]) {
-                Ok(d) if d.lsn == lsn => {
-                    visit(d.record);
-                    segment.add(0, 1, Some(d.record.batch));
-                    offset += d.size;
-                    lsn += 1;
-                    continue;
-                }
-                Ok(d) => format!("record has LSN {} where {lsn} was expected", d.lsn),
-                Err(bad) => bad.to_string(),
-            };
-            if !last {
-                return Err(corrupt(
-                    path,
-                    offset,
-                    format!("{reason} (not the last segment)"),
-                ));
+        let walked = walk(&data, &header, |d, _, after_damage| {
+            if !after_damage {
+                visit(d.record);
+                segment.add(0, 1, Some(d.record.batch));
             }
-            if let Some(at) = find_valid_record(&data[offset + 1..], lsn) {
-                let at = offset + 1 + at;
-                return Err(corrupt(
-                    path,
-                    offset,
-                    format!("{reason}, yet a valid record follows at byte {at}"),
+        });
+        let mut next_lsn = walked.next_lsn;
+        match judge(&walked, header.format, last) {
+            Verdict::Whole => {}
+            Verdict::Corrupt { offset, reason } => return Err(corrupt(path, offset, reason)),
+            Verdict::Cut { offset, why } => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_error("open", path))?;
+                file.set_len(offset as u64)
+                    .map_err(io_error("truncate", path))?;
+                file.sync_all().map_err(io_error("fsync", path))?;
+                next_lsn = walked.damages[0].first_lsn;
+                scan.torn_tail = Some(format!(
+                    "{}: cut {} bytes at byte {offset}, after LSN {}: {why}",
+                    path.display(),
+                    data.len() - offset,
+                    next_lsn - 1,
                 ));
+                segment.bytes = offset as u64;
             }
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_error("open", path))?;
-            file.set_len(offset as u64)
-                .map_err(io_error("truncate", path))?;
-            file.sync_all().map_err(io_error("fsync", path))?;
-            scan.torn_tail = Some(format!(
-                "{}: cut {} bytes at byte {offset}, after LSN {}: {reason}",
-                path.display(),
-                data.len() - offset,
-                lsn - 1,
-            ));
-            break;
         }
-        segment.bytes = offset.min(data.len()) as u64;
         scan.records += segment.records;
-        expected = Some(lsn);
+        expected = Some(next_lsn);
         scan.segments.push(segment);
     }
     scan.next_lsn = expected.unwrap_or(1);
     Ok(scan)
+}
+
+/// Whether `data` is too short to hold the header it begins.
+pub(crate) fn is_short_header(data: &[u8]) -> bool {
+    let len = match data.get(8..12).map(|v| u32_at(v, 0)) {
+        Some(1) => HEADER_LEN_V1,
+        _ => HEADER_LEN,
+    };
+    data.len() < len
 }
 
 #[cfg(test)]
@@ -319,19 +563,43 @@ mod tests {
 
     #[test]
     fn a_header_reads_back_and_damage_is_named() {
-        let h = encode_header(77);
-        assert_eq!(decode_header(&h), Ok(77));
+        let h = encode_header(77, 5);
+        assert_eq!(
+            decode_header(&h),
+            Ok(Header {
+                format: Format::V2,
+                first_lsn: 77,
+                epoch: 5,
+                len: HEADER_LEN
+            })
+        );
         let mut bad = h;
         bad[17] ^= 1;
         assert!(decode_header(&bad).unwrap_err().contains("checksum"));
+        let mut bad_epoch = h;
+        bad_epoch[25] ^= 1;
+        assert!(decode_header(&bad_epoch).unwrap_err().contains("checksum"));
         let mut other = h;
         other[0] = b'X';
         assert!(decode_header(&other).unwrap_err().contains("magic"));
         let mut newer = h;
-        newer[8] = 2;
-        let crc = crc32c::crc32c(&newer[..24]);
-        newer[24..28].copy_from_slice(&crc.to_le_bytes());
-        assert!(decode_header(&newer).unwrap_err().contains("version 2"));
+        newer[8] = 3;
+        assert!(decode_header(&newer).unwrap_err().contains("version 3"));
         assert!(decode_header(&h[..10]).is_err());
+        assert!(decode_header(&h[..30]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_header_reads_as_epoch_0() {
+        let h = encode_header_as(Format::V1, 9, 4);
+        assert_eq!(
+            decode_header(&h),
+            Ok(Header {
+                format: Format::V1,
+                first_lsn: 9,
+                epoch: 0,
+                len: HEADER_LEN_V1
+            })
+        );
     }
 }

@@ -13,6 +13,16 @@
 //! get an error, and the writer stops. Nothing is ever retried and then acknowledged, because
 //! after a failed `fsync` the kernel may have dropped the dirty pages it could not write.
 //!
+//! A failed write or sync may still have left the generation's records in the file (a full
+//! disk takes part of a write; a failed sync says nothing of which pages reached the disk), and
+//! a record in the file is replayed at the next start. So the writer cuts the segment back to
+//! its last durable length and syncs that; the appenders of the failed generation learn
+//! whether it worked ([`JournalError::Failed`]'s `maybe_written`), since otherwise their
+//! increments may yet be counted.
+//!
+//! The first record of each generation carries the group-start flag (`record.rs`), which lets
+//! a scan after a power cut tell the unfinished last group commit from acknowledged records.
+//!
 //! The writer also owns the segment files: it rotates the active segment and deletes the
 //! segments that [`Journal::committed`](super::Journal::committed) made obsolete, between two
 //! writes, so all journal file I/O happens on this one thread.
@@ -29,7 +39,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 
 use super::JournalError;
-use super::record::{self, MAX_KEY};
+use super::record::{self, GROUP_START, MAX_KEY};
 use super::segment::{self, Segment};
 
 /// Values of `Shared::inject_failure`, for tests.
@@ -68,6 +78,16 @@ pub(crate) struct Queue {
     settle_requests: u64,
 }
 
+/// How the journal failed.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    reason: Arc<str>,
+    /// The generation whose write or sync failed; `None` for a failure outside a write.
+    generation: Option<u64>,
+    /// Whether that generation's bytes were cut from the segment, durably.
+    cut: bool,
+}
+
 /// State shared by the journal's handles and its writer thread.
 pub(crate) struct Shared {
     queue: Mutex<Queue>,
@@ -76,8 +96,10 @@ pub(crate) struct Shared {
     /// The count of `settle` calls the writer has answered; `u64::MAX` once it stopped.
     settled: watch::Sender<u64>,
     committed: AtomicU64,
+    /// Set once every record of earlier epochs is in PostgreSQL: their segments may go.
+    replayed: AtomicBool,
     failed: AtomicBool,
-    failure: OnceLock<Arc<str>>,
+    failure: OnceLock<Failure>,
     bytes: AtomicU64,
     segments: AtomicUsize,
     syncs: AtomicU64,
@@ -118,6 +140,7 @@ impl Shared {
             ],
             settled: watch::Sender::new(0),
             committed: AtomicU64::new(0),
+            replayed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             failure: OnceLock::new(),
             bytes: AtomicU64::new(bytes),
@@ -153,7 +176,8 @@ impl Shared {
         }
         for (batch, key, delta) in records {
             let lsn = q.next_lsn;
-            record::encode(&mut q.buf, lsn, batch, key, delta);
+            let flags = if q.buf.is_empty() { GROUP_START } else { 0 };
+            record::encode(&mut q.buf, lsn, batch, key, delta, flags);
             q.next_lsn += 1;
             q.records += 1;
             q.max_batch = q.max_batch.max(Some(batch));
@@ -181,12 +205,21 @@ impl Shared {
         if progress.generation >= generation {
             Ok(())
         } else {
-            Err(self.failure())
+            Err(self.failure_of(generation))
         }
     }
 
     pub(crate) fn committed(&self, batch: u64) {
         self.committed.fetch_max(batch, Ordering::AcqRel);
+        self.wake_housekeeping();
+    }
+
+    pub(crate) fn replayed(&self) {
+        self.replayed.store(true, Ordering::Release);
+        self.wake_housekeeping();
+    }
+
+    fn wake_housekeeping(&self) {
         let mut q = lock(&self.queue);
         q.commit_requests += 1;
         if q.writer_idle {
@@ -219,9 +252,31 @@ impl Shared {
         self.wake_writer.notify_one();
     }
 
+    /// The error for an append that was never handed to a failed write.
     pub(crate) fn failure(&self) -> JournalError {
-        let reason = self.failure.get().cloned();
-        JournalError::Failed(reason.unwrap_or_else(|| "the journal failed".into()))
+        JournalError::Failed {
+            reason: self.reason(),
+            maybe_written: false,
+        }
+    }
+
+    /// The error for an append of `generation`, which the failure may have left on disk.
+    fn failure_of(&self, generation: u64) -> JournalError {
+        let maybe_written = self
+            .failure
+            .get()
+            .is_some_and(|f| f.generation == Some(generation) && !f.cut);
+        JournalError::Failed {
+            reason: self.reason(),
+            maybe_written,
+        }
+    }
+
+    fn reason(&self) -> Arc<str> {
+        match self.failure.get() {
+            Some(f) => f.reason.clone(),
+            None => "the journal failed".into(),
+        }
     }
 
     pub(crate) fn has_failed(&self) -> bool {
@@ -245,10 +300,15 @@ impl Shared {
     }
 
     /// Makes the journal fail for good: queued records are dropped, their appenders and all
-    /// later ones get `reason`.
-    fn fail(&self, reason: String) {
+    /// later ones get `reason`. `generation` is the one whose write or sync failed, if any, and
+    /// `cut` whether its bytes were cut from the segment.
+    fn fail(&self, reason: String, generation: Option<u64>, cut: bool) {
         tracing::error!(error = %reason, "journal failed; no more increments are acknowledged");
-        let _ = self.failure.set(reason.into());
+        let _ = self.failure.set(Failure {
+            reason: reason.into(),
+            generation,
+            cut,
+        });
         {
             let mut q = lock(&self.queue);
             q.failed = true;
@@ -280,6 +340,8 @@ enum Job {
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub dir: PathBuf,
+    /// The epoch of the records this process appends.
+    pub epoch: u64,
     pub file: File,
     pub active: Segment,
     pub closed: VecDeque<Segment>,
@@ -293,6 +355,26 @@ pub(crate) struct Writer {
     pub housekept: u64,
     /// `settle_requests` answered.
     pub settled: u64,
+    /// A segment was deleted but the directory's fsync failed: no further deletion until one
+    /// succeeds, so that deletions stay durable oldest first.
+    pub dir_unsynced: bool,
+}
+
+/// Why the writer stopped: a failure, and the generation whose write or sync it was.
+struct Halt {
+    reason: String,
+    generation: Option<u64>,
+    cut: bool,
+}
+
+impl From<String> for Halt {
+    fn from(reason: String) -> Halt {
+        Halt {
+            reason,
+            generation: None,
+            cut: true,
+        }
+    }
 }
 
 /// Marks the journal failed if the writer thread ends by a panic, so that no appender waits
@@ -302,7 +384,8 @@ struct StopGuard(Arc<Shared>);
 impl Drop for StopGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.fail("the journal writer thread panicked".into());
+            self.0
+                .fail("the journal writer thread panicked".into(), None, false);
         }
         self.0.settled.send_replace(u64::MAX);
     }
@@ -314,7 +397,10 @@ impl Writer {
         loop {
             let result = match self.next_job() {
                 Job::Write(take) => self.write(take),
-                Job::Housekeep(requests) => self.housekeep().map(|()| self.housekept = requests),
+                Job::Housekeep(requests) => self
+                    .housekeep()
+                    .map(|()| self.housekept = requests)
+                    .map_err(Halt::from),
                 Job::Settle(requests) => {
                     self.settled = requests;
                     self.shared.settled.send_replace(requests);
@@ -322,8 +408,8 @@ impl Writer {
                 }
                 Job::Stop => return,
             };
-            if let Err(reason) = result {
-                self.shared.fail(reason);
+            if let Err(stop) = result {
+                self.shared.fail(stop.reason, stop.generation, stop.cut);
                 return;
             }
         }
@@ -366,8 +452,38 @@ impl Writer {
         }
     }
 
-    /// Writes and syncs one generation, then publishes it as durable.
-    fn write(&mut self, take: Take) -> Result<(), String> {
+    /// Writes and syncs one generation, then publishes it as durable. On failure, cuts what
+    /// may have been written of it.
+    fn write(&mut self, take: Take) -> Result<(), Halt> {
+        if let Err(reason) = self.write_and_sync() {
+            let cut = self.cut_back();
+            return Err(Halt {
+                reason,
+                generation: Some(take.generation),
+                cut,
+            });
+        }
+        self.publish(take)?;
+        Ok(())
+    }
+
+    /// Cuts the active segment back to its durable length, durably; false if that failed.
+    fn cut_back(&mut self) -> bool {
+        let durable = self.active.bytes;
+        let cut = self
+            .file
+            .set_len(durable)
+            .and_then(|()| self.file.sync_all());
+        match cut {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(segment = %self.active.path.display(), error = %e, "cannot cut the failed write from the journal; its records may be replayed at the next start");
+                false
+            }
+        }
+    }
+
+    fn write_and_sync(&mut self) -> Result<(), String> {
         let path = &self.active.path;
         #[cfg(test)]
         let injected = self.shared.inject_failure.swap(0, Ordering::Relaxed);
@@ -388,8 +504,11 @@ impl Writer {
         if let Some(h) = &self.fsync_seconds {
             h.observe(started.elapsed().as_secs_f64());
         }
-        synced.map_err(|e| format!("cannot fdatasync {}: {e}", path.display()))?;
+        synced.map_err(|e| format!("cannot fdatasync {}: {e}", path.display()))
+    }
 
+    /// Publishes a synced generation as durable.
+    fn publish(&mut self, take: Take) -> Result<(), String> {
         let len = self.spare.len() as u64;
         self.active.add(len, take.records, take.max_batch);
         self.next_lsn += take.records;
@@ -421,7 +540,7 @@ impl Writer {
     /// an earlier one misses one.
     fn rotate(&mut self) -> Result<(), String> {
         let (file, segment) =
-            segment::create(&self.dir, self.next_lsn).map_err(|e| e.to_string())?;
+            segment::create(&self.dir, self.next_lsn, self.epoch).map_err(|e| e.to_string())?;
         self.shared
             .bytes
             .fetch_add(segment.bytes, Ordering::Relaxed);
@@ -434,34 +553,49 @@ impl Writer {
     }
 
     /// Acts on the committed batch: rotates a big enough active segment that holds only
-    /// committed batches, then deletes the oldest closed segments whose batches are all
-    /// committed. Only a prefix is deleted, so the segments left stay contiguous in LSN.
+    /// committed batches, then deletes the oldest closed segments whose records PostgreSQL
+    /// has (this epoch's batches up to the committed one; earlier epochs' once replayed).
+    /// Only a prefix is deleted, one durable deletion at a time, so that a crash can never
+    /// leave a newer segment deleted and an older one present but by a failed directory
+    /// fsync (a gap the scan tolerates). A failed deletion is retried at the next call.
     fn housekeep(&mut self) -> Result<(), String> {
         let committed = self.shared.committed.load(Ordering::Acquire);
+        let replayed = self.shared.replayed.load(Ordering::Acquire);
         let active = &self.active;
         if active.max_batch.is_some_and(|b| b <= committed)
             && active.bytes >= self.rotate_on_commit_bytes
         {
             self.rotate()?;
         }
+        if self.dir_unsynced {
+            if let Err(e) = segment::sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "cannot fsync the journal directory after a deletion; will retry before deleting more");
+                return Ok(());
+            }
+            self.dir_unsynced = false;
+        }
         while let Some(oldest) = self.closed.front() {
-            if oldest.max_batch.is_some_and(|b| b > committed) {
+            let in_postgres = if oldest.epoch == self.epoch {
+                oldest.max_batch.is_none_or(|b| b <= committed)
+            } else {
+                replayed
+            };
+            if !in_postgres {
                 break;
             }
             if let Err(e) = std::fs::remove_file(&oldest.path) {
-                tracing::warn!(segment = %oldest.path.display(), error = %e, "cannot delete a committed journal segment; will retry");
+                tracing::warn!(segment = %oldest.path.display(), error = %e, "cannot delete a journal segment PostgreSQL has; will retry");
                 break;
-            }
-            // A deletion that a crash undoes only means replaying committed batches, which
-            // the caller skips; still, each is made durable before the next, so that no
-            // crash can leave a newer segment deleted and an older one present.
-            if let Err(e) = segment::sync_dir(&self.dir) {
-                tracing::warn!(error = %e, "deleted a committed journal segment but cannot fsync the directory");
             }
             self.shared.bytes.fetch_sub(oldest.bytes, Ordering::Relaxed);
             self.shared.segments.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(segment = %oldest.path.display(), committed, "journal segment deleted");
             self.closed.pop_front();
+            if let Err(e) = segment::sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "deleted a journal segment but cannot fsync the directory; will retry before deleting more");
+                self.dir_unsynced = true;
+                break;
+            }
         }
         Ok(())
     }

@@ -1,34 +1,74 @@
-//! A node's claim on its id: only one live process may flush under a node id.
+//! A node's claim on its id: only one live process may flush under a node id, and what
+//! PostgreSQL has of the batches earlier claims left in a journal.
 //!
 //! Two mechanisms, for two different moments. At start, a session-level advisory lock on a
 //! connection held for the life of the process tells whether another live process already
-//! uses the id: the start is then refused. During the run, every flush checks that the
-//! node's row still carries this process's *incarnation* (written at start, after taking the
-//! lock); should another process have taken the id over anyway (the lock went away with a
-//! dropped connection while this one was paused), the flush is refused instead of applied.
+//! uses the id: the start is then refused. The claim then takes a new *epoch*, higher than
+//! any before it for this node and than any in the journal, and records it as the owner's;
+//! every flush checks it, so should another process have taken the id over anyway (the lock
+//! went away with a dropped connection while this one was paused), the flush is refused
+//! instead of applied.
+//!
+//! The epoch is also part of every batch's identity (node, epoch, batch): batches cut under
+//! one claim and journaled can never be taken for another claim's batches of the same number.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use super::{Storage, StorageError, batch_seq};
+use super::{Storage, StorageError, batch_seq, stored_seq};
 use crate::node::NodeId;
 use crate::pending::BatchSeq;
 
 /// How long to wait before trying to get the lock back after its connection was lost.
 const RECLAIM_DELAY: Duration = Duration::from_secs(1);
 
+/// Who writes: a node id and the epoch of this process's claim on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: NodeId,
+    pub epoch: u64,
+}
+
 /// Holds the node's advisory lock until dropped.
 pub struct NodeClaim {
-    incarnation: String,
+    owner: Owner,
     keeper: JoinHandle<()>,
 }
 
 impl NodeClaim {
-    /// This process's incarnation, which every flush checks.
-    pub fn incarnation(&self) -> &str {
-        &self.incarnation
+    /// The node and this process's epoch, which every flush checks.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+/// What PostgreSQL has of the batches of some epochs: the batches each epoch applied itself,
+/// and the sequence numbers up to which later processes replayed its other batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    own: HashMap<u64, BatchSeq>,
+    replayed: HashMap<(u64, BatchSeq), u64>,
+}
+
+impl Applied {
+    /// Whether PostgreSQL has the journal record `lsn` of `batch` of `epoch`: its epoch
+    /// applied that batch itself (from memory, so every record of it), or a replay took the
+    /// batch's records up to a sequence number at or past `lsn`.
+    pub fn has(&self, epoch: u64, batch: BatchSeq, lsn: u64) -> bool {
+        batch <= self.own_progress(epoch) || lsn <= self.replayed_up_to(epoch, batch)
+    }
+
+    /// The last batch `epoch` applied itself.
+    pub fn own_progress(&self, epoch: u64) -> BatchSeq {
+        self.own.get(&epoch).copied().unwrap_or(0)
+    }
+
+    /// The sequence number up to which `batch` of `epoch` was replayed (0: never).
+    pub fn replayed_up_to(&self, epoch: u64, batch: BatchSeq) -> u64 {
+        self.replayed.get(&(epoch, batch)).copied().unwrap_or(0)
     }
 }
 
@@ -41,32 +81,81 @@ impl Drop for NodeClaim {
 
 impl Storage {
     /// Takes the node id for this process: refuses with [`StorageError::NodeInUse`] when a
-    /// live process holds it, else records a new incarnation. Returns the claim and the last
-    /// batch PostgreSQL applied for the node (0 for a new node), read after the claim so that
-    /// no other process can move it any more.
-    pub async fn claim_node(&self, node: &NodeId) -> Result<(NodeClaim, BatchSeq), StorageError> {
-        let client = self.lock_node(node).await?;
-        client
-            .execute(
-                "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
-                &[&node.as_str()],
-            )
-            .await?;
-        let incarnation = uuid::Uuid::new_v4().to_string();
-        let progress: i64 = client
+    /// live process holds it, else records a new epoch, above every earlier one and above
+    /// `above` (the highest epoch in the journal, in case the database forgot it), as the
+    /// owner's. From then on no other process can flush under the id.
+    pub async fn claim_node(&self, node: &NodeId, above: u64) -> Result<NodeClaim, StorageError> {
+        let mut client = self.lock_node(node).await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
+            &[&node.as_str()],
+        )
+        .await?;
+        // The incarnation column is what processes of earlier versions check: a new value
+        // fences them too.
+        let epoch: i64 = tx
             .query_one(
-                "UPDATE tally_nodes SET incarnation = $2, updated_at = now() WHERE node_id = $1
-                 RETURNING last_batch",
-                &[&node.as_str(), &incarnation],
+                "UPDATE tally_nodes
+                 SET epoch = GREATEST(epoch, $2) + 1, incarnation = 'epoch ' || (GREATEST(epoch, $2) + 1),
+                     updated_at = now()
+                 WHERE node_id = $1
+                 RETURNING epoch",
+                &[&node.as_str(), &stored_seq(above)],
             )
             .await?
             .get(0);
+        tx.execute(
+            "INSERT INTO tally_epochs (node_id, epoch) VALUES ($1, $2)",
+            &[&node.as_str(), &epoch],
+        )
+        .await?;
+        tx.commit().await?;
         let keeper = tokio::spawn(keep_claim(self.clone(), node.clone(), client));
-        let claim = NodeClaim {
-            incarnation,
+        Ok(NodeClaim {
+            owner: Owner {
+                node: node.clone(),
+                epoch: batch_seq(epoch),
+            },
             keeper,
-        };
-        Ok((claim, batch_seq(progress)))
+        })
+    }
+
+    /// What PostgreSQL has of the batches of `epochs` of `node`. Call it after claiming the
+    /// node, so that no other process can change it any more.
+    pub async fn applied(
+        &self,
+        node: &NodeId,
+        epochs: &BTreeSet<u64>,
+    ) -> Result<Applied, StorageError> {
+        let client = self.pool.get().await?;
+        let epochs: Vec<i64> = epochs.iter().map(|&e| stored_seq(e)).collect();
+        let mut applied = Applied::default();
+        for row in client
+            .query(
+                "SELECT epoch, last_batch FROM tally_epochs WHERE node_id = $1 AND epoch = ANY($2)
+                 UNION ALL
+                 SELECT 0, last_batch FROM tally_nodes WHERE node_id = $1",
+                &[&node.as_str(), &epochs],
+            )
+            .await?
+        {
+            let (epoch, batch): (i64, i64) = (row.get(0), row.get(1));
+            applied.own.insert(batch_seq(epoch), batch_seq(batch));
+        }
+        for row in client
+            .query(
+                "SELECT epoch, batch, last_lsn FROM tally_replays WHERE node_id = $1 AND epoch = ANY($2)",
+                &[&node.as_str(), &epochs],
+            )
+            .await?
+        {
+            let (epoch, batch, lsn): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            applied
+                .replayed
+                .insert((batch_seq(epoch), batch_seq(batch)), batch_seq(lsn));
+        }
+        Ok(applied)
     }
 
     /// A new connection holding the node's advisory lock.

@@ -17,8 +17,8 @@ use tokio_postgres::NoTls;
 
 use crate::pending::BatchSeq;
 
-pub use claim::NodeClaim;
-pub use counters::{BatchOutcome, Rejected};
+pub use claim::{Applied, NodeClaim, Owner};
+pub use counters::{BatchOutcome, Rejected, Replay};
 
 /// How long to wait for a connection to open, and for a free one from the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

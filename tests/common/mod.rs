@@ -4,6 +4,7 @@
 pub mod app;
 pub mod fault_proxy;
 pub mod haproxy;
+pub mod journal_files;
 pub mod ledger;
 pub mod postgres;
 pub mod process;
