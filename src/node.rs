@@ -78,7 +78,7 @@ impl DataDir {
             path: path.to_owned(),
             source,
         };
-        fs::create_dir_all(path).map_err(io_err)?;
+        create_dir_durably(path).map_err(io_err)?;
         let path = fs::canonicalize(path).map_err(io_err)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -138,6 +138,30 @@ impl DataDir {
             Err(e) => Err(io_err(e)),
         }
     }
+}
+
+/// Creates `path` and any missing parents, and makes each new directory's entry durable in its
+/// parent: a data directory that a power cut forgets would take the node id and the journal
+/// with it.
+fn create_dir_durably(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = Some(path);
+    while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(dir);
+        at = dir.parent();
+    }
+    fs::create_dir_all(path)?;
+    for dir in missing.iter().rev() {
+        let parent = match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => parent,
+            None => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Writes a small file so that after a crash it is either absent or complete: write to a

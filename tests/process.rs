@@ -358,3 +358,62 @@ fn migrate_creates_the_schema_and_exits() {
         "the counters table exists and is empty"
     );
 }
+
+/// A data directory that a power cut forgets would take the node id and the journal with it:
+/// when Tally creates it, it fsyncs the parent that holds its entry. Seen with strace, on the
+/// system calls themselves.
+#[test]
+fn a_new_data_directory_is_made_durable_in_its_parent() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("new");
+    let data_dir = parent.join("data");
+    let trace = tmp.path().join("trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=openat,fsync,close", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_tally"))
+        .args(["migrate", "--data-dir"])
+        .arg(&data_dir)
+        // Nothing listens there: the directory is created before the database is reached.
+        .env("DATABASE_URL", "host=127.0.0.1 port=1 connect_timeout=1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(data_dir.is_dir());
+    let trace = std::fs::read_to_string(trace).unwrap();
+    // `openat(AT_FDCWD, "<dir>", O_RDONLY|O_CLOEXEC) = 3`, then `fsync(3)` in the same process
+    // before that descriptor is closed.
+    let lines: Vec<&str> = trace.lines().collect();
+    let synced = |dir: &Path| {
+        let name = format!("\"{}\"", dir.display());
+        lines.iter().enumerate().any(|(i, open)| {
+            let fd = open
+                .rsplit("= ")
+                .next()
+                .and_then(|fd| fd.trim().parse::<u32>().ok());
+            let (true, Some(fd)) = (open.contains(&name), fd) else {
+                return false;
+            };
+            let pid = open.split_whitespace().next().unwrap_or_default();
+            let (fsync, close) = (format!("fsync({fd})"), format!("close({fd})"));
+            lines[i + 1..]
+                .iter()
+                .filter(|l| l.starts_with(pid))
+                .find(|l| l.contains(&fsync) || l.contains(&close))
+                .is_some_and(|l| l.contains(&fsync))
+        })
+    };
+    assert!(
+        synced(tmp.path()),
+        "the entry of `new` in its parent:\n{trace}"
+    );
+    assert!(synced(&parent), "the entry of `data` in `new`:\n{trace}");
+}

@@ -84,7 +84,8 @@ pub(crate) struct Failure {
     reason: Arc<str>,
     /// The generation whose write or sync failed; `None` for a failure outside a write.
     generation: Option<u64>,
-    /// Whether that generation's bytes were cut from the segment, durably.
+    /// Whether that generation's bytes were cut from the segment, durably (without a
+    /// generation: whether no write can have been under way).
     cut: bool,
 }
 
@@ -262,10 +263,12 @@ impl Shared {
 
     /// The error for an append of `generation`, which the failure may have left on disk.
     fn failure_of(&self, generation: u64) -> JournalError {
-        let maybe_written = self
-            .failure
-            .get()
-            .is_some_and(|f| f.generation == Some(generation) && !f.cut);
+        // A failure outside a known write (a panic of the writer) may have been in the middle
+        // of any write: every appender waiting then hears that its records may be on disk.
+        let maybe_written = self.failure.get().is_some_and(|f| match f.generation {
+            Some(failed) => failed == generation && !f.cut,
+            None => !f.cut,
+        });
         JournalError::Failed {
             reason: self.reason(),
             maybe_written,
@@ -583,9 +586,13 @@ impl Writer {
             if !in_postgres {
                 break;
             }
-            if let Err(e) = std::fs::remove_file(&oldest.path) {
-                tracing::warn!(segment = %oldest.path.display(), error = %e, "cannot delete a journal segment PostgreSQL has; will retry");
-                break;
+            match std::fs::remove_file(&oldest.path) {
+                // Gone already (removed by hand): what matters is that it is gone.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(segment = %oldest.path.display(), error = %e, "cannot delete a journal segment PostgreSQL has; will retry");
+                    break;
+                }
+                _ => {}
             }
             self.shared.bytes.fetch_sub(oldest.bytes, Ordering::Relaxed);
             self.shared.segments.fetch_sub(1, Ordering::Relaxed);

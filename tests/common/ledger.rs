@@ -75,6 +75,18 @@ impl Ledger {
     }
 }
 
+/// Whether an answer leaves the request's outcome unknown. Tally answers 500 only with
+/// `outcome_unknown` (its journal failed after taking the increment, which may still be
+/// counted). It never answers 502 or 504; a load balancer does, when the node it forwarded to
+/// died or went silent mid-request: the node may have journaled the increment.
+pub fn outcome_unknown(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    matches!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
 /// Clients sending random increments until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -114,13 +126,7 @@ impl Load {
                             Ok(r) if r.status().is_success() => {
                                 *ledger.acknowledged.entry(key).or_default() += value
                             }
-                            // Tally never answers 502 or 504; a load balancer does, when the
-                            // node it forwarded to died or went silent mid-request: the node
-                            // may have journaled the increment, so its outcome is unknown.
-                            Ok(r)
-                                if r.status() == reqwest::StatusCode::BAD_GATEWAY
-                                    || r.status() == reqwest::StatusCode::GATEWAY_TIMEOUT =>
-                            {
+                            Ok(r) if outcome_unknown(r.status()) => {
                                 *ledger.unknown.entry(key).or_default() += value
                             }
                             Ok(r) => *ledger.refused.entry(r.status().as_u16()).or_default() += 1,

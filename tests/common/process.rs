@@ -23,7 +23,25 @@ pub fn tally_command() -> Command {
 impl TallyProcess {
     /// Starts `tally serve` on a free loopback port with `args` and waits until it serves.
     pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> TallyProcess {
-        let mut cmd = tally_command();
+        Self::start_wrapped(&[], data_dir, args, envs)
+    }
+
+    /// Like [`start`](Self::start), through a program that execs it (e.g. `fiu-run -x`), so
+    /// that the pid is still Tally's.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> TallyProcess {
+        let mut cmd = match wrapper {
+            [] => tally_command(),
+            [program, rest @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(env!("CARGO_BIN_EXE_tally"));
+                cmd
+            }
+        };
         cmd.args([
             "serve",
             "--listen",
