@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mode, ServeConfig};
-use crate::flush::{FlushBatch, FlushEnd, FlushState, Flusher, Owner};
+use crate::flush::{FlushBatch, FlushEnd, FlushState, Flusher, Owner, Unwritten};
 use crate::http::{AppState, app};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::JournalOptions;
@@ -111,6 +111,7 @@ async fn run(
         None => None,
     };
 
+    let held = flush.clone();
     let state = Arc::new(AppState {
         ingest,
         rules: config.validation_rules(),
@@ -155,7 +156,9 @@ async fn run(
     if let Some(flusher) = flusher {
         stop_flusher.cancel();
         let end = tokio::task::spawn_blocking(move || flusher.join()).await?;
-        ended = report_end(end.map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?);
+        let end = end.map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?;
+        let unwritten = held.as_ref().map(|f| f.unwritten()).unwrap_or_default();
+        ended = report_end(end, unwritten, config.uses_journal());
     }
     if let Some(journal) = journal {
         let closed = tokio::task::spawn_blocking(move || journal.close()).await?;
@@ -182,7 +185,17 @@ async fn replay(
             tracing::info!(first, last, keys, "replayed the journal into PostgreSQL");
             Ok(())
         }
-        Err(end) => report_end(end).and(Err(anyhow::anyhow!("recovery did not finish"))),
+        Err(FlushEnd::Abandoned) => {
+            tracing::warn!(
+                first,
+                last,
+                keys,
+                "shutdown forced while PostgreSQL was failing, before the journal was replayed; the journal still holds every batch it had, and the next start replays them"
+            );
+            Err(anyhow::anyhow!("recovery did not finish"))
+        }
+        Err(end) => report_end(end, Unwritten::default(), true)
+            .and(Err(anyhow::anyhow!("recovery did not finish"))),
     }
 }
 
@@ -199,21 +212,47 @@ fn log_recovery(r: &recovery::Recovered, progress: BatchSeq) {
     );
 }
 
-fn report_end(end: FlushEnd) -> anyhow::Result<()> {
+/// Logs how the flusher ended and turns it into the node's outcome. `unwritten` is what
+/// PostgreSQL lacks, counted once nothing can add or cut any more; `journaled` says whether
+/// every acknowledged increment is also in the journal, which the next start replays.
+///
+/// A stop that drops acknowledged increments is a failure (exit status 1), so that whatever
+/// runs the node can tell it from a clean stop.
+fn report_end(end: FlushEnd, unwritten: Unwritten, journaled: bool) -> anyhow::Result<()> {
+    let Unwritten { keys, increments } = unwritten;
     match end {
         FlushEnd::Drained => {
             tracing::info!("final flush done: PostgreSQL has every acknowledged increment");
             Ok(())
         }
-        FlushEnd::Abandoned { keys } => {
-            tracing::error!(
+        FlushEnd::Abandoned if journaled => {
+            tracing::warn!(
+                increments,
                 keys,
-                "shutdown forced while PostgreSQL was failing: pending increments of this many keys were not written (with the journal, the next start replays them)"
+                "shutdown forced while PostgreSQL was failing: the journal holds the acknowledged increments PostgreSQL lacks, and the next start writes them"
             );
             Ok(())
         }
-        FlushEnd::Fenced => Err(anyhow::anyhow!(
+        FlushEnd::Abandoned => {
+            tracing::error!(
+                increments,
+                keys,
+                "shutdown forced while PostgreSQL was failing: acknowledged increments were dropped, never written to PostgreSQL (--durability memory)"
+            );
+            Err(anyhow::anyhow!(
+                "forced stop dropped {increments} acknowledged increments of {keys} keys"
+            ))
+        }
+        FlushEnd::Fenced if keys == 0 => Err(anyhow::anyhow!(
             "another process took this node id over; this process stopped writing"
+        )),
+        FlushEnd::Fenced => Err(anyhow::anyhow!(
+            "another process took this node id over; this process stopped writing, with {increments} acknowledged increments of {keys} keys not written to PostgreSQL{}",
+            if journaled {
+                " (the journal holds them)"
+            } else {
+                ""
+            }
         )),
     }
 }

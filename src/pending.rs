@@ -42,6 +42,10 @@ struct Shard {
     deltas: HashTable<(Box<str>, i64)>,
     /// Bytes of the keys in `deltas`, for the metrics.
     key_bytes: usize,
+    /// Increments summed into `deltas`, so that a stop that cannot write them can say how
+    /// many acknowledged increments it dropped. Kept under the shard's lock, beside the
+    /// deltas, so that counting costs the request path no shared atomic.
+    increments: u64,
 }
 
 /// The sharded map of pending deltas. Cheap to share behind an `Arc`.
@@ -65,6 +69,7 @@ impl PendingDeltas {
                     batch: first_batch,
                     deltas: HashTable::new(),
                     key_bytes: 0,
+                    increments: 0,
                 }))
             })
             .collect();
@@ -105,6 +110,7 @@ impl PendingDeltas {
                 self.keys.fetch_add(1, Ordering::Relaxed);
             }
         }
+        shard.increments += 1;
         drop(shard);
         self.mark_dirty();
         Ok(batch)
@@ -163,6 +169,7 @@ impl PendingDeltas {
         for ((key, delta), &(hash, shard)) in items.iter().zip(&located) {
             let shard = &mut *guards[guard_of(shard)];
             batches.push(shard.batch);
+            shard.increments += 1;
             let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
             match shard.deltas.entry(hash, |(k, _)| **k == **key, hasher) {
                 Entry::Occupied(mut e) => e.get_mut().1 += delta,
@@ -191,6 +198,7 @@ impl PendingDeltas {
             // Cannot overflow: it reverses an add made to this same sum.
             Some((_, sum)) => {
                 *sum -= delta;
+                shard.increments = shard.increments.saturating_sub(1);
                 true
             }
             None => false,
@@ -221,10 +229,17 @@ impl PendingDeltas {
     /// The keys stay counted against the bound until [`release`](Self::release) is called,
     /// once PostgreSQL has them.
     pub fn cut(&self, next: BatchSeq) -> Vec<(Box<str>, i64)> {
+        self.cut_counted(next).0
+    }
+
+    /// [`cut`](Self::cut), also returning how many increments were summed into the closed
+    /// batch.
+    pub fn cut_counted(&self, next: BatchSeq) -> (Vec<(Box<str>, i64)>, u64) {
         // Cleared before the swaps: an add that races with the cut sets it again, which can
         // only make the open batch look older than it is, never younger.
         self.dirty.store(false, Ordering::Relaxed);
         let mut maps = Vec::with_capacity(SHARDS);
+        let mut increments = 0;
         for shard in self.shards.iter() {
             // The next batch will likely see about as many keys as this one: sized for them
             // now, its map never grows (and rehashes) on the request path.
@@ -232,13 +247,14 @@ impl PendingDeltas {
             let mut shard = lock(shard);
             shard.batch = next;
             shard.key_bytes = 0;
+            increments += std::mem::take(&mut shard.increments);
             maps.push(std::mem::replace(&mut shard.deltas, sized));
         }
         let mut deltas = Vec::with_capacity(maps.iter().map(HashTable::len).sum());
         for map in maps {
             deltas.extend(map);
         }
-        deltas
+        (deltas, increments)
     }
 
     /// Forgets `keys` keys of a batch that PostgreSQL now holds.
@@ -249,6 +265,12 @@ impl PendingDeltas {
     /// Keys held in memory (open batch and unreleased cut batches).
     pub fn keys(&self) -> usize {
         self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Increments summed into the open batch (those taken back by [`undo`](Self::undo) not
+    /// counted).
+    pub fn open_increments(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).increments).sum()
     }
 
     /// Bytes of keys and deltas in the open batch.
@@ -305,6 +327,25 @@ mod tests {
         assert_eq!(p.keys(), 3, "cut keys count until released");
         p.release(2);
         assert_eq!(p.keys(), 1);
+    }
+
+    #[test]
+    fn increments_are_counted_per_batch_not_per_key() {
+        let p = PendingDeltas::new(1, 100);
+        p.add("a", 5).unwrap();
+        p.add("a", 5).unwrap();
+        let batch = p.add("b", 1).unwrap();
+        p.add_all(&[("a", 1), ("c", 2), ("c", 2)]).unwrap();
+        assert_eq!(p.add("a", i64::MAX), Err(AddError::Overflow));
+        assert_eq!(p.open_increments(), 6, "a refused add is not counted");
+        assert!(p.undo("b", 1, batch));
+        assert_eq!(p.open_increments(), 5, "an add taken back is not counted");
+
+        let (deltas, increments) = p.cut_counted(2);
+        assert_eq!((deltas.len(), increments), (3, 5));
+        assert_eq!(p.open_increments(), 0);
+        p.add("a", 1).unwrap();
+        assert_eq!(p.cut_counted(3).1, 1);
     }
 
     #[test]
@@ -402,15 +443,19 @@ mod tests {
             })
             .collect();
         let mut cut: HashMap<(BatchSeq, String), i64> = HashMap::new();
+        let mut counted = 0;
         let mut next = 2;
-        while !adders.iter().all(|a| a.is_finished()) {
-            for (k, d) in p.cut(next) {
+        loop {
+            let finished = adders.iter().all(|a| a.is_finished());
+            let (deltas, increments) = p.cut_counted(next);
+            for (k, d) in deltas {
                 cut.insert((next - 1, k.into()), d);
             }
+            counted += increments;
             next += 1;
-        }
-        for (k, d) in p.cut(next) {
-            cut.insert((next - 1, k.into()), d);
+            if finished {
+                break;
+            }
         }
         let mut tagged: HashMap<(BatchSeq, String), i64> = HashMap::new();
         for a in adders {
@@ -420,5 +465,10 @@ mod tests {
         }
         assert_eq!(cut, tagged);
         assert_eq!(cut.values().sum::<i64>(), (threads * per_thread) as i64);
+        assert_eq!(
+            counted,
+            (threads * per_thread) as u64,
+            "each add counted once"
+        );
     }
 }
