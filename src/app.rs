@@ -26,9 +26,6 @@ use crate::recovery;
 use crate::shutdown::Shutdown;
 use crate::storage::Database;
 
-/// How long in-flight requests may take to finish once a shutdown is requested.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Runs a node on `listener` until `shutdown` is requested and everything is flushed.
 pub async fn serve(
     config: ServeConfig,
@@ -150,7 +147,14 @@ async fn run(
     );
 
     let app = app(state, config.access_log);
-    let served = serve_http(listener, app, &shutdown, config.drain_delay).await;
+    let served = serve_http(
+        listener,
+        app,
+        &shutdown,
+        config.drain_delay,
+        config.drain_timeout,
+    )
+    .await;
 
     let mut ended = Ok(());
     if let Some(flusher) = flusher {
@@ -258,13 +262,14 @@ fn report_end(end: FlushEnd, unwritten: Unwritten, journaled: bool) -> anyhow::R
 }
 
 /// Serves until a shutdown is requested and `drain_delay` has passed (while `/ready` already
-/// answers 503), then lets in-flight requests finish (up to [`DRAIN_TIMEOUT`], or until the
+/// answers 503), then lets in-flight requests finish (up to `drain_timeout`, or until the
 /// shutdown is forced).
 async fn serve_http(
     listener: TcpListener,
     app: crate::http::observe::Observe<axum::Router>,
     shutdown: &Shutdown,
     drain_delay: Duration,
+    drain_timeout: Duration,
 ) -> anyhow::Result<()> {
     use axum::ServiceExt;
     use axum::serve::ListenerExt;
@@ -290,7 +295,7 @@ async fn serve_http(
         shutdown.requested().await;
         tokio::time::sleep(drain_delay).await;
         tokio::select! {
-            _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish in time; closing their connections"),
+            _ = tokio::time::sleep(drain_timeout) => tracing::warn!("in-flight requests did not finish in time; closing their connections"),
             _ = forced.cancelled() => {}
         }
     };

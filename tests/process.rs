@@ -202,6 +202,7 @@ fn invalid_configuration_exits_2_with_one_clear_line() {
         (&["--listen", "nowhere"], &[], "--listen"),
         (&["--durability", "disk"], &[], "--durability"),
         (&["--max-journal-bytes", "1kB"], &[], "at least 1MiB"),
+        (&[], &[("TALLY_DRAIN_TIMEOUT", "soon")], "--drain-timeout"),
     ];
     for (args, envs, expected) in cases {
         let mut cmd = tally_command();
