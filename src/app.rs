@@ -3,8 +3,9 @@
 //! Start: lock the data directory, learn the node id, open the database (starting the
 //! managed one if needed) and migrate it, claim the node id in PostgreSQL, replay what the
 //! journal holds that PostgreSQL does not, then serve. Stop, in this order: stop accepting,
-//! let in-flight requests finish, flush what is pending, close the journal, close the pool,
-//! stop the managed PostgreSQL.
+//! let in-flight requests finish (up to the drain timeout), close the pending map to new
+//! increments, flush what is pending, close the journal, close the pool, stop the managed
+//! PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,13 @@ async fn run(
     )
     .await;
 
+    // The HTTP server has stopped, but a request it gave up waiting for runs on, detached:
+    // were it to add after the final cut, it would be acknowledged and never written. So the
+    // pending map is closed first, and such a request gets 503 instead.
+    if let Some(flush) = &held {
+        flush.pending().close();
+        tracing::info!("taking no more increments; final flush");
+    }
     let mut ended = Ok(());
     if let Some(flusher) = flusher {
         stop_flusher.cancel();
@@ -295,7 +303,7 @@ async fn serve_http(
         shutdown.requested().await;
         tokio::time::sleep(drain_delay).await;
         tokio::select! {
-            _ = tokio::time::sleep(drain_timeout) => tracing::warn!("in-flight requests did not finish in time; closing their connections"),
+            _ = tokio::time::sleep(drain_timeout) => tracing::warn!("in-flight requests did not finish in time; going on without them"),
             _ = forced.cancelled() => {}
         }
     };

@@ -35,6 +35,9 @@ pub enum AddError {
     /// The key is new and the bound on pending keys is reached.
     #[error("too many keys are pending")]
     Full,
+    /// The map is closed: the node is stopping and its final batch may already be cut.
+    #[error("the node is stopping and takes no more increments")]
+    Closed,
 }
 
 struct Shard {
@@ -46,6 +49,8 @@ struct Shard {
     /// many acknowledged increments it dropped. Kept under the shard's lock, beside the
     /// deltas, so that counting costs the request path no shared atomic.
     increments: u64,
+    /// Set by [`PendingDeltas::close`]; read under the lock by every add.
+    closed: bool,
 }
 
 /// The sharded map of pending deltas. Cheap to share behind an `Arc`.
@@ -70,6 +75,7 @@ impl PendingDeltas {
                     deltas: HashTable::new(),
                     key_bytes: 0,
                     increments: 0,
+                    closed: false,
                 }))
             })
             .collect();
@@ -94,6 +100,9 @@ impl PendingDeltas {
     pub fn add(&self, key: &str, delta: i64) -> Result<BatchSeq, AddError> {
         let (hash, shard) = self.locate(key);
         let mut shard = lock(&self.shards[shard]);
+        if shard.closed {
+            return Err(AddError::Closed);
+        }
         let batch = shard.batch;
         let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
         match shard.deltas.entry(hash, |(k, _)| **k == *key, hasher) {
@@ -131,6 +140,9 @@ impl PendingDeltas {
         wanted.dedup();
         let mut guards: Vec<_> = wanted.iter().map(|&s| lock(&self.shards[s])).collect();
         let guard_of = |s: usize| wanted.binary_search(&s).expect("shard was locked");
+        if guards.iter().any(|g| g.closed) {
+            return Err((None, AddError::Closed));
+        }
 
         // Check: the sum each key would reach, counting repeats within `items`.
         let mut new_keys = 0usize;
@@ -257,6 +269,16 @@ impl PendingDeltas {
         (deltas, increments)
     }
 
+    /// Refuses every later add, with [`AddError::Closed`]. Each shard is closed under its
+    /// lock, so once this returns no add can succeed anywhere, and an add that did succeed
+    /// is in the open batch, for the next cut. A stopping node closes the map before its
+    /// final cut, so that nothing is acknowledged after it and left behind.
+    pub fn close(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).closed = true;
+        }
+    }
+
     /// Forgets `keys` keys of a batch that PostgreSQL now holds.
     pub fn release(&self, keys: usize) {
         self.keys.fetch_sub(keys, Ordering::Relaxed);
@@ -346,6 +368,66 @@ mod tests {
         assert_eq!(p.open_increments(), 0);
         p.add("a", 1).unwrap();
         assert_eq!(p.cut_counted(3).1, 1);
+    }
+
+    #[test]
+    fn a_closed_map_refuses_every_add_and_keeps_what_it_took() {
+        let p = PendingDeltas::new(1, 100);
+        p.add("a", 2).unwrap();
+        p.close();
+        assert_eq!(p.add("a", 1), Err(AddError::Closed));
+        assert_eq!(p.add("new", 1), Err(AddError::Closed));
+        assert_eq!(
+            p.add_all(&[("a", 1), ("b", 1)]),
+            Err((None, AddError::Closed))
+        );
+        assert_eq!(p.open_increments(), 1);
+        assert_eq!(
+            p.cut(2),
+            vec![("a".into(), 2)],
+            "the final cut has what was taken"
+        );
+    }
+
+    /// Threads add while another closes the map: every add that succeeded is in the cut
+    /// made after `close` returned, and none succeeds after.
+    #[test]
+    fn no_add_succeeds_once_close_returns() {
+        let p = Arc::new(PendingDeltas::new(1, usize::MAX));
+        let adders: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut taken = 0i64;
+                    for i in 0.. {
+                        let key = format!("k{}", (i * 7 + t) % 50);
+                        let result = if i % 3 == 0 {
+                            p.add_all(&[(&key, 1), ("shared", 1)])
+                                .map(|_| 2)
+                                .map_err(|(_, e)| e)
+                        } else {
+                            p.add(&key, 1).map(|_| 1)
+                        };
+                        match result {
+                            Ok(n) => taken += n,
+                            Err(AddError::Closed) => return taken,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        p.close();
+        let (deltas, increments) = p.cut_counted(2);
+        let taken: i64 = adders.into_iter().map(|a| a.join().unwrap()).sum();
+        assert_eq!(deltas.iter().map(|(_, d)| d).sum::<i64>(), taken);
+        assert_eq!(increments, taken as u64);
+        assert!(
+            p.cut(3).is_empty(),
+            "nothing was added after close returned"
+        );
     }
 
     #[test]

@@ -491,3 +491,98 @@ fn a_forced_stop_in_journal_mode_exits_0_and_the_next_start_writes_what_it_held(
         "the next start wrote them"
     );
 }
+
+/// Reads an HTTP/1.1 answer's status and text (head and what came of the body) from `conn`,
+/// or `None` when the connection is closed (or reset) before an answer.
+fn read_answer(conn: &mut std::net::TcpStream) -> Option<(u16, String)> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Error bodies are small and sent with the head; give them a moment to arrive.
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok(n) = conn.read(&mut buf) {
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+#[test]
+fn a_request_still_running_after_the_drain_timeout_is_refused_not_lost() {
+    use std::io::Write;
+    let cluster = dedicated_cluster();
+    let url = cluster.database().url;
+    let dir = tempfile::tempdir().unwrap();
+    // A long interval: nothing is flushed before the final flush.
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &[
+            "--durability",
+            "memory",
+            "--flush-interval",
+            "10s",
+            "--drain-timeout",
+            "1s",
+        ],
+        &[("DATABASE_URL", &url)],
+    );
+    let http = reqwest::blocking::Client::new();
+    for _ in 0..5 {
+        assert_eq!(post_increment(&http, &tally, "early", 1), 202);
+    }
+
+    let body = br#"{"key": "late", "value": 7}"#;
+    let mut conn = std::net::TcpStream::connect(tally.addr).unwrap();
+    write!(
+        conn,
+        "POST /increment HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body[..10]).unwrap();
+
+    // PostgreSQL down: the final flush keeps the process alive past the drain timeout.
+    cluster.stop_immediate().unwrap();
+    tally.signal(libc::SIGTERM);
+    // Proof that the request was in flight: the server gave up waiting for it.
+    wait_for_log(&tally, "did not finish in time");
+    // The final flush has cut its batch (and failed).
+    wait_for_log(&tally, "flush failed");
+
+    conn.write_all(&body[10..]).unwrap();
+    if let Some((status, answer)) = read_answer(&mut conn) {
+        assert!(
+            !(200..300).contains(&status),
+            "a request answered after the final cut was acknowledged and never written:\n{answer}"
+        );
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""code":"shutting_down""#), "{answer}");
+    }
+
+    cluster.start_again().unwrap();
+    let status = tally.wait(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        tally.log()
+    );
+    assert_eq!(
+        totals(&url),
+        vec![("early".to_owned(), 5)],
+        "PostgreSQL has exactly what was acknowledged"
+    );
+}
