@@ -301,9 +301,9 @@ async fn serve_http(
     let forced = shutdown.forced_token();
     let drain_deadline = async {
         shutdown.requested().await;
-        tokio::time::sleep(drain_delay).await;
+        // A forced stop ends the drain delay too, so it must not wait it out either.
         tokio::select! {
-            _ = tokio::time::sleep(drain_timeout) => tracing::warn!("in-flight requests did not finish in time; going on without them"),
+            _ = tokio::time::sleep(drain_delay + drain_timeout) => tracing::warn!("in-flight requests did not finish in time; going on without them"),
             _ = forced.cancelled() => {}
         }
     };

@@ -586,3 +586,34 @@ fn a_request_still_running_after_the_drain_timeout_is_refused_not_lost() {
         "PostgreSQL has exactly what was acknowledged"
     );
 }
+
+#[test]
+fn a_second_signal_during_the_drain_delay_stops_waiting_for_requests_in_flight() {
+    use std::io::Write;
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &["--drain-delay", "5m", "--drain-timeout", "5m"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    // A request that never finishes: its body never comes.
+    let mut conn = std::net::TcpStream::connect(tally.addr).unwrap();
+    write!(
+        conn,
+        "POST /increment HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(post_increment(&http, &tally, "k", 1), 202);
+    tally.signal(libc::SIGTERM);
+    wait_for_log(&tally, "draining");
+    tally.signal(libc::SIGTERM);
+    let status = tally.wait(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        tally.log()
+    );
+    assert_eq!(totals(&db.url), vec![("k".to_owned(), 1)]);
+}
