@@ -3,9 +3,9 @@
 //! Start: lock the data directory, learn the node id, open the database (starting the
 //! managed one if needed) and migrate it, claim the node id in PostgreSQL under a new epoch,
 //! replay what the journal holds that PostgreSQL does not, release the journal segments it no
-//! longer needs, then serve. Stop, in this order: stop accepting,
-//! let in-flight requests finish, flush what is pending, close the journal, close the pool,
-//! stop the managed PostgreSQL.
+//! longer needs, then serve. Stop, in this order: stop accepting, let in-flight requests
+//! finish (up to the drain timeout), close the pending map to new increments, flush what is
+//! pending, close the journal, close the pool, stop the managed PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mode, ServeConfig};
-use crate::flush::{FlushEnd, FlushState, Flusher};
+use crate::flush::{FlushEnd, FlushState, Flusher, Unwritten};
 use crate::http::{AppState, app};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::JournalOptions;
@@ -26,9 +26,6 @@ use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
 use crate::storage::{Database, Owner, Replay};
-
-/// How long in-flight requests may take to finish once a shutdown is requested.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a node on `listener` until `shutdown` is requested and everything is flushed.
 pub async fn serve(
@@ -116,6 +113,7 @@ async fn run(
         None => None,
     };
 
+    let held = flush.clone();
     let state = Arc::new(AppState {
         ingest,
         rules: config.validation_rules(),
@@ -156,13 +154,29 @@ async fn run(
     );
 
     let app = app(state, config.access_log);
-    let served = serve_http(listener, app, &shutdown, config.drain_delay).await;
+    let served = serve_http(
+        listener,
+        app,
+        &shutdown,
+        config.drain_delay,
+        config.drain_timeout,
+    )
+    .await;
 
+    // The HTTP server has stopped, but a request it gave up waiting for runs on, detached:
+    // were it to add after the final cut, it would be acknowledged and never written. So the
+    // pending map is closed first, and such a request gets 503 instead.
+    if let Some(flush) = &held {
+        flush.pending().close();
+        tracing::info!("taking no more increments; final flush");
+    }
     let mut ended = Ok(());
     if let Some(flusher) = flusher {
         stop_flusher.cancel();
         let end = tokio::task::spawn_blocking(move || flusher.join()).await?;
-        ended = report_end(end.map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?);
+        let end = end.map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?;
+        let unwritten = held.as_ref().map(|f| f.unwritten()).unwrap_or_default();
+        ended = report_end(end, unwritten, config.uses_journal());
     }
     if let Some(journal) = journal {
         let closed = tokio::task::spawn_blocking(move || journal.close()).await?;
@@ -187,7 +201,16 @@ async fn replay(
             Ok(())
         }
         Ok(()) => Ok(()),
-        Err(end) => report_end(end).and(Err(anyhow::anyhow!("recovery did not finish"))),
+        Err(FlushEnd::Abandoned) => {
+            tracing::warn!(
+                batches,
+                keys,
+                "shutdown forced while PostgreSQL was failing, before the journal was replayed; the journal still holds every batch it had, and the next start replays them"
+            );
+            Err(anyhow::anyhow!("recovery did not finish"))
+        }
+        Err(end) => report_end(end, Unwritten::default(), true)
+            .and(Err(anyhow::anyhow!("recovery did not finish"))),
     }
 }
 
@@ -209,33 +232,60 @@ fn log_recovery(r: &recovery::Recovered, owner: &Owner) {
     );
 }
 
-fn report_end(end: FlushEnd) -> anyhow::Result<()> {
+/// Logs how the flusher ended and turns it into the node's outcome. `unwritten` is what
+/// PostgreSQL lacks, counted once nothing can add or cut any more; `journaled` says whether
+/// every acknowledged increment is also in the journal, which the next start replays.
+///
+/// A stop that drops acknowledged increments is a failure (exit status 1), so that whatever
+/// runs the node can tell it from a clean stop.
+fn report_end(end: FlushEnd, unwritten: Unwritten, journaled: bool) -> anyhow::Result<()> {
+    let Unwritten { keys, increments } = unwritten;
     match end {
         FlushEnd::Drained => {
             tracing::info!("final flush done: PostgreSQL has every acknowledged increment");
             Ok(())
         }
-        FlushEnd::Abandoned { keys } => {
-            tracing::error!(
+        FlushEnd::Abandoned if journaled => {
+            tracing::warn!(
+                increments,
                 keys,
-                "shutdown forced while PostgreSQL was failing: pending increments of this many keys were not written (with the journal, the next start replays them)"
+                "shutdown forced while PostgreSQL was failing: the journal holds the acknowledged increments PostgreSQL lacks, and the next start writes them"
             );
             Ok(())
         }
-        FlushEnd::Fenced => Err(anyhow::anyhow!(
+        FlushEnd::Abandoned => {
+            tracing::error!(
+                increments,
+                keys,
+                "shutdown forced while PostgreSQL was failing: acknowledged increments were dropped, never written to PostgreSQL (--durability memory)"
+            );
+            Err(anyhow::anyhow!(
+                "forced stop dropped {increments} acknowledged increments of {keys} keys"
+            ))
+        }
+        FlushEnd::Fenced if keys == 0 => Err(anyhow::anyhow!(
             "another process took this node id over; this process stopped writing"
+        )),
+        FlushEnd::Fenced => Err(anyhow::anyhow!(
+            "another process took this node id over; this process stopped writing, with {increments} acknowledged increments of {keys} keys not written to PostgreSQL{}",
+            if journaled {
+                " (the journal holds them)"
+            } else {
+                ""
+            }
         )),
     }
 }
 
 /// Serves until a shutdown is requested and `drain_delay` has passed (while `/ready` already
-/// answers 503), then lets in-flight requests finish (up to [`DRAIN_TIMEOUT`], or until the
+/// answers 503), then lets in-flight requests finish (up to `drain_timeout`, or until the
 /// shutdown is forced).
 async fn serve_http(
     listener: TcpListener,
     app: crate::http::observe::Observe<axum::Router>,
     shutdown: &Shutdown,
     drain_delay: Duration,
+    drain_timeout: Duration,
 ) -> anyhow::Result<()> {
     use axum::ServiceExt;
     use axum::serve::ListenerExt;
@@ -259,9 +309,9 @@ async fn serve_http(
     let forced = shutdown.forced_token();
     let drain_deadline = async {
         shutdown.requested().await;
-        tokio::time::sleep(drain_delay).await;
+        // A forced stop ends the drain delay too, so it must not wait it out either.
         tokio::select! {
-            _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish in time; closing their connections"),
+            _ = tokio::time::sleep(drain_delay + drain_timeout) => tracing::warn!("in-flight requests did not finish in time; going on without them"),
             _ = forced.cancelled() => {}
         }
     };

@@ -207,6 +207,13 @@ pub struct ServeConfig {
           value_parser = parse_drain_delay, value_name = "DURATION")]
     pub drain_delay: Duration,
 
+    /// After SIGTERM (and the drain delay), how long requests in flight may take to finish.
+    /// Past it, increments still arriving on their connections are refused with 503, and
+    /// the final flush begins.
+    #[arg(long, env = "TALLY_DRAIN_TIMEOUT", default_value = "30s",
+          value_parser = parse_drain_timeout, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
     /// Log one line per request (method, route, status, duration, request id).
     #[arg(long, env = "TALLY_ACCESS_LOG", default_value_t = false,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
@@ -338,6 +345,14 @@ fn parse_drain_delay(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0s, 5s)"))?;
     if d > Duration::from_secs(300) {
         return Err("must be at most 5m".into());
+    }
+    Ok(d)
+}
+
+fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 30s, 2m)"))?;
+    if d > Duration::from_secs(3600) {
+        return Err("must be at most 1h".into());
     }
     Ok(d)
 }
@@ -537,6 +552,7 @@ mod tests {
         assert_eq!(s.max_pending_keys, 10_000_000);
         assert_eq!(s.max_journal_bytes, 4 << 30);
         assert_eq!(s.database.data_dir, PathBuf::from("./tally-data"));
+        assert_eq!(s.drain_timeout, Duration::from_secs(30));
     }
 
     #[test]

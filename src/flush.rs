@@ -34,6 +34,10 @@ pub struct FlushBatch {
     pub opened_at: Instant,
     /// Sorted by key, each key once.
     pub deltas: Vec<(Box<str>, i64)>,
+    /// How many acknowledged increments were summed into `deltas`. Counted for batches cut
+    /// from the pending map; 0 for a batch rebuilt from the journal, which keeps it until
+    /// PostgreSQL has it.
+    pub increments: u64,
 }
 
 impl FlushBatch {
@@ -44,6 +48,7 @@ impl FlushBatch {
             seq,
             opened_at,
             deltas,
+            increments: 0,
         }
     }
 
@@ -64,6 +69,14 @@ pub struct FlushState {
     in_flight: Mutex<Option<Arc<FlushBatch>>>,
     /// When the open batch was opened.
     open_since: Mutex<Instant>,
+}
+
+/// Acknowledged increments held in memory that PostgreSQL does not have yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unwritten {
+    /// Keys of the batch in flight plus keys of the open batch (a key in both counts twice).
+    pub keys: usize,
+    pub increments: u64,
 }
 
 /// A delta held in memory for one key, and the batch that holds it.
@@ -128,17 +141,33 @@ impl FlushState {
         oldest.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
+    /// What PostgreSQL does not have yet: the batch in flight and the open batch. Exact once
+    /// nothing can add or cut any more (the pending map closed, the flusher stopped).
+    pub fn unwritten(&self) -> Unwritten {
+        let in_flight = lock(&self.in_flight);
+        Unwritten {
+            // The pending map counts its keys until they are released, which happens when
+            // the batch in flight is settled: that is both batches' keys.
+            keys: self.pending.keys(),
+            increments: in_flight.as_ref().map_or(0, |b| b.increments)
+                + self.pending.open_increments(),
+        }
+    }
+
     /// Closes the open batch as batch `next - 1`, opens batch `next`, and publishes the closed
     /// one as in flight unless it is empty.
     fn cut(&self, next: BatchSeq) -> Option<Arc<FlushBatch>> {
         let mut in_flight = lock(&self.in_flight);
         debug_assert!(in_flight.is_none(), "one batch in flight at a time");
-        let deltas = self.pending.cut(next);
+        let (deltas, increments) = self.pending.cut_counted(next);
         let opened_at = std::mem::replace(&mut *lock(&self.open_since), Instant::now());
         if deltas.is_empty() {
             return None;
         }
-        let batch = Arc::new(FlushBatch::new(next - 1, opened_at, deltas));
+        let batch = Arc::new(FlushBatch {
+            increments,
+            ..FlushBatch::new(next - 1, opened_at, deltas)
+        });
         *in_flight = Some(batch.clone());
         Some(batch)
     }
@@ -175,8 +204,9 @@ pub struct Flusher {
 pub enum FlushEnd {
     /// Everything acknowledged is in PostgreSQL.
     Drained,
-    /// Told to give up while PostgreSQL was failing; this many keys were not written.
-    Abandoned { keys: usize },
+    /// Told to give up while PostgreSQL was failing: the batch it was writing, and what
+    /// collected behind it, were not written ([`FlushState::unwritten`] says how much).
+    Abandoned,
     /// Another process took the node id over; this one stopped writing.
     Fenced,
 }
@@ -251,11 +281,7 @@ impl Flusher {
         for replay in &replays {
             match self.write(Work::Replay(replay), abort).await {
                 Written::Committed => {}
-                Written::Aborted => {
-                    return Err(FlushEnd::Abandoned {
-                        keys: replay.deltas.len(),
-                    });
-                }
+                Written::Aborted => return Err(FlushEnd::Abandoned),
                 Written::Fenced => return Err(FlushEnd::Fenced),
             }
         }
@@ -309,10 +335,7 @@ impl Flusher {
             match self.flush_once(&abort).await {
                 Written::Committed if stopping => return FlushEnd::Drained,
                 Written::Committed => {}
-                Written::Aborted => {
-                    let keys = self.state.pending.keys();
-                    return FlushEnd::Abandoned { keys };
-                }
+                Written::Aborted => return FlushEnd::Abandoned,
                 Written::Fenced => return FlushEnd::Fenced,
             }
         }

@@ -43,6 +43,9 @@ pub enum IngestError {
     /// later.
     #[error("too many increments are waiting for the database ({what}); retry later")]
     Full { what: &'static str },
+    /// The node is stopping: its final batch may already be cut, so nothing more is taken.
+    #[error("the node is shutting down")]
+    ShuttingDown,
     /// The journal could not make the increment durable; nothing of it was applied.
     #[error("the journal failed: {0}")]
     Journal(String),
@@ -171,6 +174,7 @@ impl IngestError {
             IngestError::OutOfRange { .. } => "total_out_of_range",
             IngestError::Full { what: "journal" } => "journal_full",
             IngestError::Full { .. } => "pending_keys_full",
+            IngestError::ShuttingDown => "shutting_down",
             IngestError::Journal(_) => "journal_failed",
             IngestError::OutcomeUnknown(_) => "outcome_unknown",
             IngestError::Storage(_) => "database_unavailable",
@@ -222,6 +226,7 @@ impl Buffered {
             AddError::Full => IngestError::Full {
                 what: "pending_keys",
             },
+            AddError::Closed => IngestError::ShuttingDown,
         }
     }
 }

@@ -62,7 +62,8 @@ pub struct Metrics {
     /// Increments acknowledged to clients.
     pub increments_accepted: Counter,
     /// Increments refused, by reason: `invalid` (400 on input), `total_out_of_range`,
-    /// `pending_keys_full`, `journal_full`, `journal_failed`, `database_unavailable`.
+    /// `pending_keys_full`, `journal_full`, `journal_failed`, `database_unavailable`,
+    /// `shutting_down`.
     pub increments_rejected: Family<ReasonLabel, Counter>,
     /// Flush attempts by outcome: `applied`, `already_applied` or `failed`.
     pub flushes: Family<OutcomeLabel, Counter>,

@@ -35,6 +35,9 @@ pub enum AddError {
     /// The key is new and the bound on pending keys is reached.
     #[error("too many keys are pending")]
     Full,
+    /// The map is closed: the node is stopping and its final batch may already be cut.
+    #[error("the node is stopping and takes no more increments")]
+    Closed,
 }
 
 struct Shard {
@@ -42,6 +45,12 @@ struct Shard {
     deltas: HashTable<(Box<str>, i64)>,
     /// Bytes of the keys in `deltas`, for the metrics.
     key_bytes: usize,
+    /// Increments summed into `deltas`, so that a stop that cannot write them can say how
+    /// many acknowledged increments it dropped. Kept under the shard's lock, beside the
+    /// deltas, so that counting costs the request path no shared atomic.
+    increments: u64,
+    /// Set by [`PendingDeltas::close`]; read under the lock by every add.
+    closed: bool,
 }
 
 /// The sharded map of pending deltas. Cheap to share behind an `Arc`.
@@ -65,6 +74,8 @@ impl PendingDeltas {
                     batch: first_batch,
                     deltas: HashTable::new(),
                     key_bytes: 0,
+                    increments: 0,
+                    closed: false,
                 }))
             })
             .collect();
@@ -89,6 +100,9 @@ impl PendingDeltas {
     pub fn add(&self, key: &str, delta: i64) -> Result<BatchSeq, AddError> {
         let (hash, shard) = self.locate(key);
         let mut shard = lock(&self.shards[shard]);
+        if shard.closed {
+            return Err(AddError::Closed);
+        }
         let batch = shard.batch;
         let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
         match shard.deltas.entry(hash, |(k, _)| **k == *key, hasher) {
@@ -105,6 +119,7 @@ impl PendingDeltas {
                 self.keys.fetch_add(1, Ordering::Relaxed);
             }
         }
+        shard.increments += 1;
         drop(shard);
         self.mark_dirty();
         Ok(batch)
@@ -125,6 +140,9 @@ impl PendingDeltas {
         wanted.dedup();
         let mut guards: Vec<_> = wanted.iter().map(|&s| lock(&self.shards[s])).collect();
         let guard_of = |s: usize| wanted.binary_search(&s).expect("shard was locked");
+        if guards.iter().any(|g| g.closed) {
+            return Err((None, AddError::Closed));
+        }
 
         // Check: the sum each key would reach, counting repeats within `items`.
         let mut new_keys = 0usize;
@@ -163,6 +181,7 @@ impl PendingDeltas {
         for ((key, delta), &(hash, shard)) in items.iter().zip(&located) {
             let shard = &mut *guards[guard_of(shard)];
             batches.push(shard.batch);
+            shard.increments += 1;
             let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
             match shard.deltas.entry(hash, |(k, _)| **k == **key, hasher) {
                 Entry::Occupied(mut e) => e.get_mut().1 += delta,
@@ -210,6 +229,7 @@ impl PendingDeltas {
             };
             // Cannot overflow: it reverses an add made to this same sum.
             entry.get_mut().1 -= delta;
+            shard.increments = shard.increments.saturating_sub(1);
             if entry.get().1 == 0 {
                 entry.remove();
                 shard.key_bytes -= key.len();
@@ -244,10 +264,17 @@ impl PendingDeltas {
     /// The keys stay counted against the bound until [`release`](Self::release) is called,
     /// once PostgreSQL has them.
     pub fn cut(&self, next: BatchSeq) -> Vec<(Box<str>, i64)> {
+        self.cut_counted(next).0
+    }
+
+    /// [`cut`](Self::cut), also returning how many increments were summed into the closed
+    /// batch.
+    pub fn cut_counted(&self, next: BatchSeq) -> (Vec<(Box<str>, i64)>, u64) {
         // Cleared before the swaps: an add that races with the cut sets it again, which can
         // only make the open batch look older than it is, never younger.
         self.dirty.store(false, Ordering::Relaxed);
         let mut maps = Vec::with_capacity(SHARDS);
+        let mut increments = 0;
         for shard in self.shards.iter() {
             // The next batch will likely see about as many keys as this one: sized for them
             // now, its map never grows (and rehashes) on the request path.
@@ -255,13 +282,24 @@ impl PendingDeltas {
             let mut shard = lock(shard);
             shard.batch = next;
             shard.key_bytes = 0;
+            increments += std::mem::take(&mut shard.increments);
             maps.push(std::mem::replace(&mut shard.deltas, sized));
         }
         let mut deltas = Vec::with_capacity(maps.iter().map(HashTable::len).sum());
         for map in maps {
             deltas.extend(map);
         }
-        deltas
+        (deltas, increments)
+    }
+
+    /// Refuses every later add, with [`AddError::Closed`]. Each shard is closed under its
+    /// lock, so once this returns no add can succeed anywhere, and an add that did succeed
+    /// is in the open batch, for the next cut. A stopping node closes the map before its
+    /// final cut, so that nothing is acknowledged after it and left behind.
+    pub fn close(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).closed = true;
+        }
     }
 
     /// Forgets `keys` keys of a batch that PostgreSQL now holds.
@@ -277,6 +315,12 @@ impl PendingDeltas {
     /// Whether new keys are refused: the bound on keys held is reached.
     pub fn is_full(&self) -> bool {
         self.keys() >= self.max_keys
+    }
+
+    /// Increments summed into the open batch (those taken back by
+    /// [`undo_all`](Self::undo_all) not counted).
+    pub fn open_increments(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).increments).sum()
     }
 
     /// Bytes of keys and deltas in the open batch.
@@ -333,6 +377,89 @@ mod tests {
         assert_eq!(p.keys(), 3, "cut keys count until released");
         p.release(2);
         assert_eq!(p.keys(), 1);
+    }
+
+    #[test]
+    fn increments_are_counted_per_batch_not_per_key() {
+        let p = PendingDeltas::new(1, 100);
+        p.add("a", 5).unwrap();
+        p.add("a", 5).unwrap();
+        let batch = p.add("b", 1).unwrap();
+        p.add_all(&[("a", 1), ("c", 2), ("c", 2)]).unwrap();
+        assert_eq!(p.add("a", i64::MAX), Err(AddError::Overflow));
+        assert_eq!(p.open_increments(), 6, "a refused add is not counted");
+        assert!(p.undo_all(&[("b", 1, batch)]));
+        assert_eq!(p.open_increments(), 5, "an add taken back is not counted");
+
+        let (deltas, increments) = p.cut_counted(2);
+        assert_eq!(
+            (deltas.len(), increments),
+            (2, 5),
+            "b, taken back to zero, is gone"
+        );
+        assert_eq!(p.open_increments(), 0);
+        p.add("a", 1).unwrap();
+        assert_eq!(p.cut_counted(3).1, 1);
+    }
+
+    #[test]
+    fn a_closed_map_refuses_every_add_and_keeps_what_it_took() {
+        let p = PendingDeltas::new(1, 100);
+        p.add("a", 2).unwrap();
+        p.close();
+        assert_eq!(p.add("a", 1), Err(AddError::Closed));
+        assert_eq!(p.add("new", 1), Err(AddError::Closed));
+        assert_eq!(
+            p.add_all(&[("a", 1), ("b", 1)]),
+            Err((None, AddError::Closed))
+        );
+        assert_eq!(p.open_increments(), 1);
+        assert_eq!(
+            p.cut(2),
+            vec![("a".into(), 2)],
+            "the final cut has what was taken"
+        );
+    }
+
+    /// Threads add while another closes the map: every add that succeeded is in the cut
+    /// made after `close` returned, and none succeeds after.
+    #[test]
+    fn no_add_succeeds_once_close_returns() {
+        let p = Arc::new(PendingDeltas::new(1, usize::MAX));
+        let adders: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut taken = 0i64;
+                    for i in 0.. {
+                        let key = format!("k{}", (i * 7 + t) % 50);
+                        let result = if i % 3 == 0 {
+                            p.add_all(&[(&key, 1), ("shared", 1)])
+                                .map(|_| 2)
+                                .map_err(|(_, e)| e)
+                        } else {
+                            p.add(&key, 1).map(|_| 1)
+                        };
+                        match result {
+                            Ok(n) => taken += n,
+                            Err(AddError::Closed) => return taken,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        p.close();
+        let (deltas, increments) = p.cut_counted(2);
+        let taken: i64 = adders.into_iter().map(|a| a.join().unwrap()).sum();
+        assert_eq!(deltas.iter().map(|(_, d)| d).sum::<i64>(), taken);
+        assert_eq!(increments, taken as u64);
+        assert!(
+            p.cut(3).is_empty(),
+            "nothing was added after close returned"
+        );
     }
 
     #[test]
@@ -452,15 +579,19 @@ mod tests {
             })
             .collect();
         let mut cut: HashMap<(BatchSeq, String), i64> = HashMap::new();
+        let mut counted = 0;
         let mut next = 2;
-        while !adders.iter().all(|a| a.is_finished()) {
-            for (k, d) in p.cut(next) {
+        loop {
+            let finished = adders.iter().all(|a| a.is_finished());
+            let (deltas, increments) = p.cut_counted(next);
+            for (k, d) in deltas {
                 cut.insert((next - 1, k.into()), d);
             }
+            counted += increments;
             next += 1;
-        }
-        for (k, d) in p.cut(next) {
-            cut.insert((next - 1, k.into()), d);
+            if finished {
+                break;
+            }
         }
         let mut tagged: HashMap<(BatchSeq, String), i64> = HashMap::new();
         for a in adders {
@@ -470,5 +601,10 @@ mod tests {
         }
         assert_eq!(cut, tagged);
         assert_eq!(cut.values().sum::<i64>(), (threads * per_thread) as i64);
+        assert_eq!(
+            counted,
+            (threads * per_thread) as u64,
+            "each add counted once"
+        );
     }
 }

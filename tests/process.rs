@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::postgres::{fresh_database, process_is_running};
+use common::postgres::{DedicatedCluster, dedicated_cluster, fresh_database, process_is_running};
 use common::process::{TallyProcess, tally_command};
 
 fn post_increment(
@@ -36,6 +36,44 @@ fn totals(url: &str) -> Vec<(String, i64)> {
             };
             common::app::db_totals(&db).await
         })
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `tally` has logged a line whose message contains `text`.
+fn wait_for_log(tally: &TallyProcess, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log_line(tally, text).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tally never logged {text:?}; its log:\n{}",
+            tally.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first JSON log line whose message contains `text`.
+fn log_line(tally: &TallyProcess, text: &str) -> Option<serde_json::Value> {
+    tally
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+}
+
+fn sum(totals: &[(String, i64)]) -> i64 {
+    totals.iter().map(|(_, v)| v).sum()
 }
 
 /// The postmaster's pid from its pid file, if the managed cluster is running.
@@ -164,6 +202,7 @@ fn invalid_configuration_exits_2_with_one_clear_line() {
         (&["--listen", "nowhere"], &[], "--listen"),
         (&["--durability", "disk"], &[], "--durability"),
         (&["--max-journal-bytes", "1kB"], &[], "at least 1MiB"),
+        (&[], &[("TALLY_DRAIN_TIMEOUT", "soon")], "--drain-timeout"),
     ];
     for (args, envs, expected) in cases {
         let mut cmd = tally_command();
@@ -416,4 +455,224 @@ fn a_new_data_directory_is_made_durable_in_its_parent() {
         "the entry of `new` in its parent:\n{trace}"
     );
     assert!(synced(&parent), "the entry of `data` in `new`:\n{trace}");
+}
+
+/// Brings a node on `cluster` to a forced stop with acknowledged increments that PostgreSQL
+/// never got, some in the batch being written and some in the open batch behind it; returns
+/// how many increments those are. Before that, 10 increments (total 50) reach PostgreSQL.
+fn force_a_stop_while_postgres_is_down(cluster: &DedicatedCluster, tally: &TallyProcess) -> u64 {
+    let http = reqwest::blocking::Client::new();
+    let url = cluster.database().url;
+    for i in 0..10 {
+        assert_eq!(post_increment(&http, tally, &format!("w{}", i % 3), 5), 202);
+    }
+    wait_until(
+        "the first increments to reach PostgreSQL",
+        Duration::from_secs(20),
+        || sum(&totals(&url)) == 50,
+    );
+    cluster.stop_immediate().unwrap();
+    // Values of 3 on 4 keys: the count is of increments, neither of keys nor of their sum.
+    for i in 0..12 {
+        assert_eq!(post_increment(&http, tally, &format!("a{}", i % 4), 3), 202);
+    }
+    wait_for_log(tally, "flush failed");
+    // The flusher now retries its batch; these wait in the open one.
+    for i in 0..7 {
+        assert_eq!(post_increment(&http, tally, &format!("b{}", i % 2), 2), 202);
+    }
+    tally.signal(libc::SIGTERM);
+    wait_for_log(tally, "shutting down");
+    tally.signal(libc::SIGTERM);
+    12 + 7
+}
+
+#[test]
+fn a_forced_stop_in_memory_mode_exits_1_and_logs_how_many_increments_it_dropped() {
+    let cluster = dedicated_cluster();
+    let url = cluster.database().url;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &["--durability", "memory", "--flush-interval", "200ms"],
+        &[("DATABASE_URL", &url)],
+    );
+    let dropped = force_a_stop_while_postgres_is_down(&cluster, &tally);
+    let status = tally.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "log:\n{}", tally.log());
+    let line = log_line(&tally, "dropped").unwrap_or_else(|| panic!("{}", tally.log()));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["increments"], dropped, "{line}");
+    assert!(
+        line["keys"].as_u64().is_some_and(|k| (6..=12).contains(&k)),
+        "{line}"
+    );
+
+    cluster.start_again().unwrap();
+    assert_eq!(
+        sum(&totals(&url)),
+        50,
+        "the dropped increments are lost, as logged"
+    );
+}
+
+#[test]
+fn a_forced_stop_in_journal_mode_exits_0_and_the_next_start_writes_what_it_held() {
+    let cluster = dedicated_cluster();
+    let url = cluster.database().url;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &["--flush-interval", "200ms"],
+        &[("DATABASE_URL", &url)],
+    );
+    let held = force_a_stop_while_postgres_is_down(&cluster, &tally);
+    let status = tally.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        tally.log()
+    );
+    let line = log_line(&tally, "the journal holds").unwrap_or_else(|| panic!("{}", tally.log()));
+    assert_eq!(line["increments"], held, "{line}");
+
+    cluster.start_again().unwrap();
+    let mut next = TallyProcess::start(dir.path(), &[], &[("DATABASE_URL", &url)]);
+    next.signal(libc::SIGTERM);
+    assert!(
+        next.wait(Duration::from_secs(30)).success(),
+        "{}",
+        next.log()
+    );
+    assert_eq!(
+        sum(&totals(&url)),
+        50 + 12 * 3 + 7 * 2,
+        "the next start wrote them"
+    );
+}
+
+/// Reads an HTTP/1.1 answer's status and text (head and what came of the body) from `conn`,
+/// or `None` when the connection is closed (or reset) before an answer.
+fn read_answer(conn: &mut std::net::TcpStream) -> Option<(u16, String)> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Error bodies are small and sent with the head; give them a moment to arrive.
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok(n) = conn.read(&mut buf) {
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+#[test]
+fn a_request_still_running_after_the_drain_timeout_is_refused_not_lost() {
+    use std::io::Write;
+    let cluster = dedicated_cluster();
+    let url = cluster.database().url;
+    let dir = tempfile::tempdir().unwrap();
+    // A long interval: nothing is flushed before the final flush.
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &[
+            "--durability",
+            "memory",
+            "--flush-interval",
+            "10s",
+            "--drain-timeout",
+            "1s",
+        ],
+        &[("DATABASE_URL", &url)],
+    );
+    let http = reqwest::blocking::Client::new();
+    for _ in 0..5 {
+        assert_eq!(post_increment(&http, &tally, "early", 1), 202);
+    }
+
+    let body = br#"{"key": "late", "value": 7}"#;
+    let mut conn = std::net::TcpStream::connect(tally.addr).unwrap();
+    write!(
+        conn,
+        "POST /increment HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body[..10]).unwrap();
+
+    // PostgreSQL down: the final flush keeps the process alive past the drain timeout.
+    cluster.stop_immediate().unwrap();
+    tally.signal(libc::SIGTERM);
+    // Proof that the request was in flight: the server gave up waiting for it.
+    wait_for_log(&tally, "did not finish in time");
+    // The final flush has cut its batch (and failed).
+    wait_for_log(&tally, "flush failed");
+
+    conn.write_all(&body[10..]).unwrap();
+    if let Some((status, answer)) = read_answer(&mut conn) {
+        assert!(
+            !(200..300).contains(&status),
+            "a request answered after the final cut was acknowledged and never written:\n{answer}"
+        );
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""code":"shutting_down""#), "{answer}");
+    }
+
+    cluster.start_again().unwrap();
+    let status = tally.wait(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        tally.log()
+    );
+    assert_eq!(
+        totals(&url),
+        vec![("early".to_owned(), 5)],
+        "PostgreSQL has exactly what was acknowledged"
+    );
+}
+
+#[test]
+fn a_second_signal_during_the_drain_delay_stops_waiting_for_requests_in_flight() {
+    use std::io::Write;
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = TallyProcess::start(
+        dir.path(),
+        &["--drain-delay", "5m", "--drain-timeout", "5m"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    // A request that never finishes: its body never comes.
+    let mut conn = std::net::TcpStream::connect(tally.addr).unwrap();
+    write!(
+        conn,
+        "POST /increment HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(post_increment(&http, &tally, "k", 1), 202);
+    tally.signal(libc::SIGTERM);
+    wait_for_log(&tally, "draining");
+    tally.signal(libc::SIGTERM);
+    let status = tally.wait(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        tally.log()
+    );
+    assert_eq!(totals(&db.url), vec![("k".to_owned(), 1)]);
 }

@@ -227,6 +227,10 @@ impl From<IngestError> for ApiError {
                 "overloaded",
                 "too many increments are waiting for the database; retry later",
             ),
+            IngestError::ShuttingDown => ApiError::unavailable(
+                "shutting_down",
+                "the node is shutting down; retry on another node",
+            ),
             IngestError::Journal(why) => {
                 tracing::error!(error = %why, "increment refused: the journal cannot make it durable");
                 ApiError::unavailable(

@@ -42,7 +42,7 @@ pub(crate) struct Accepted {
     (status = 400, description = "Malformed or invalid body, or a total out of the 64-bit range", body = super::error::ErrorBody),
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
-    (status = 503, description = "Overloaded or the database is unavailable; see Retry-After", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increment(
     State(state): State<Arc<AppState>>,
@@ -71,7 +71,7 @@ pub(crate) async fn increment(
     (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
-    (status = 503, description = "Overloaded or the database is unavailable; see Retry-After", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increments(
     State(state): State<Arc<AppState>>,
