@@ -1063,10 +1063,11 @@ fn the_compose_file_gives_each_node_its_own_id_and_volume_behind_the_balancer() 
             drain > detection && drain <= detection * 3,
             "{name}: TALLY_DRAIN_DELAY {drain:?} should be a bit above HAProxy's {detection:?} to mark it down"
         );
+        let in_flight = duration(env("TALLY_DRAIN_TIMEOUT"));
         let grace = duration(str_at(node, &["stop_grace_period"]));
         assert!(
-            grace >= drain + Duration::from_secs(10),
-            "{name}: stop_grace_period {grace:?} leaves no time to flush"
+            grace >= drain + in_flight + Duration::from_secs(10),
+            "{name}: stop_grace_period {grace:?} leaves no time to finish requests and flush"
         );
     }
 
