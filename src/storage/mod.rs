@@ -29,6 +29,8 @@ pub struct Storage {
     pool: Pool,
     /// For connections outside the pool (the node's lock).
     config: tokio_postgres::Config,
+    /// Longest wait for one statement's answer (`--db-timeout`).
+    timeout: Duration,
 }
 
 /// A database failure, sorted by what the caller can do about it.
@@ -113,9 +115,12 @@ pub fn describe(config: &tokio_postgres::Config) -> DatabaseDescription {
 impl Storage {
     /// Builds the pool. Connections open lazily; call [`Storage::migrate`] or
     /// [`Storage::ping`] to find out whether the database answers.
+    ///
+    /// `timeout` bounds the wait for each statement's answer (`--db-timeout`).
     pub fn connect(
         mut config: tokio_postgres::Config,
         pool_size: usize,
+        timeout: Duration,
     ) -> Result<Storage, StorageError> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -137,7 +142,11 @@ impl Storage {
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        Ok(Storage { pool, config })
+        Ok(Storage {
+            pool,
+            config,
+            timeout,
+        })
     }
 
     /// Applies the embedded migrations (`migrations/` in the repository).
@@ -156,7 +165,7 @@ impl Storage {
     /// A handle on the same database with a pool of its own, for work that runs on another
     /// runtime: a connection belongs to the runtime that opened it.
     pub fn separate_pool(&self, size: usize) -> Result<Storage, StorageError> {
-        Storage::connect(self.config.clone(), size)
+        Storage::connect(self.config.clone(), size, self.timeout)
     }
 
     /// The pool's size limit, open connections and idle ones.
@@ -219,7 +228,7 @@ impl Database {
                 (pg, description, Some(cluster))
             }
         };
-        let storage = Storage::connect(pg_config, config.db_pool_size as usize)?;
+        let storage = Storage::connect(pg_config, config.db_pool_size as usize, config.db_timeout)?;
         let database = Database {
             storage,
             description,
