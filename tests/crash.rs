@@ -262,20 +262,7 @@ async fn wait_for_status(http: &reqwest::Client, url: &str, want: StatusCode) {
 async fn a_lost_commit_answer_is_resolved_by_the_progress_row() {
     let db = fresh_database();
     let proxy = FaultProxy::start(Upstream::of(&db.config())).await;
-    let direct = db.config();
-    let mut through_proxy = tokio_postgres::Config::new();
-    through_proxy
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .user(direct.get_user().unwrap())
-        .dbname(direct.get_dbname().unwrap());
-    if let Some(password) = direct.get_password() {
-        through_proxy.password(password);
-    }
-    let proxied = TestDatabase {
-        url: tally::storage::managed::to_connection_string(&through_proxy),
-        name: db.name.clone(),
-    };
+    let proxied = proxy.database(&db);
     let app = TestApp::spawn_on(
         proxied,
         tempfile::tempdir().unwrap(),
