@@ -301,6 +301,124 @@ async fn a_lost_commit_answer_is_resolved_by_the_progress_row() {
     );
 }
 
+/// Sends one increment of 1 to each key in turn, one request at a time, and notes each in
+/// the ledger: acknowledged on a 2xx, unknown if the answer never came.
+async fn increment_each(http: &reqwest::Client, url: &str, keys: &[String], ledger: &mut Ledger) {
+    for key in keys {
+        let sent = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(json!({"key": key, "value": 1}).to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                *ledger.acknowledged.entry(key.clone()).or_default() += 1
+            }
+            Ok(r) => *ledger.refused.entry(r.status().as_u16()).or_default() += 1,
+            Err(_) => *ledger.unknown.entry(key.clone()).or_default() += 1,
+        }
+    }
+}
+
+/// Waits until PostgreSQL's totals equal what the ledger says was acknowledged, and returns
+/// how long that took; fails after `within`.
+async fn wait_for_exact_totals(db: &TestDatabase, ledger: &Ledger, within: Duration) -> Duration {
+    let expected: Vec<(String, i64)> = ledger.acknowledged.clone().into_iter().collect();
+    let started = Instant::now();
+    loop {
+        let totals = db_totals(db).await;
+        if totals == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "PostgreSQL did not reach the acknowledged totals within {within:?}:\n\
+             acknowledged {expected:?}\nPostgreSQL   {totals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `batch` field of the first JSON log line whose message starts with `message`.
+fn batch_of_first(log: &str, message: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .and_then(|v| v["batch"].as_u64())
+}
+
+/// FAULTS.md row 13: the database host vanishes without a reset. Its connections go silent (no
+/// answer, no error, no end of stream), so only a deadline can tell; a new connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_connection_is_abandoned_and_the_same_batch_is_retried_on_a_new_one() {
+    let db = fresh_database();
+    let proxy = FaultProxy::start(Upstream::of(&db.config())).await;
+    let proxied = proxy.database(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = tokio::task::block_in_place(|| {
+        TallyProcess::start(
+            dir.path(),
+            &["--flush-interval", "100ms", "--db-timeout", "1s"],
+            &[("DATABASE_URL", &proxied.url)],
+        )
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = node.url("/increment");
+    let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
+    let mut ledger = Ledger::default();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    wait_for_exact_totals(&db, &ledger, Duration::from_secs(10)).await;
+
+    // The host vanishes in the middle of a flush: its COMMIT never arrives, and the server
+    // side of that connection keeps its transaction open, holding the node's progress row and
+    // the keys' rows locked.
+    proxy.silence_at_next_commit();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.silenced_commits() == 0 {
+        assert!(Instant::now() < deadline, "no flush reached COMMIT");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    let mid_flush = wait_for_exact_totals(&db, &ledger, Duration::from_secs(10)).await;
+
+    // And again between two flushes, every connection open at that moment, the one the
+    // flusher opened to recover among them.
+    proxy.silence();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    let between_flushes = wait_for_exact_totals(&db, &ledger, Duration::from_secs(10)).await;
+    eprintln!(
+        "caught up {mid_flush:?} after the host vanished mid-flush, \
+         {between_flushes:?} after it vanished between flushes (--db-timeout 1s)"
+    );
+
+    node.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| node.wait(Duration::from_secs(30)));
+    let log = node.log();
+    assert!(status.success(), "{log}");
+    assert_eq!(ledger.unknown_total(), 0, "every request was answered");
+    assert!(ledger.refused.is_empty(), "{:?}", ledger.refused);
+    assert_eq!(ledger.acknowledged_total(), 16);
+    wait_for_exact_totals(&db, &ledger, Duration::ZERO).await;
+
+    // The batch whose COMMIT was swallowed is the one retried, under its own number.
+    let failed = batch_of_first(&log, "flush failed; retrying the same batch");
+    let recovered = batch_of_first(&log, "flush succeeded after failing");
+    assert!(failed.is_some(), "a flush failed:\n{log}");
+    assert_eq!(
+        failed, recovered,
+        "the failed batch is the one that succeeded:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn the_pending_key_bound_answers_503_and_recovers_by_itself() {
     let cluster = dedicated_cluster();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use super::{Storage, StorageError, batch_seq};
+use super::{Storage, StorageError, batch_seq, bounded};
 use crate::node::NodeId;
 use crate::pending::BatchSeq;
 
@@ -46,21 +46,25 @@ impl Storage {
     /// no other process can move it any more.
     pub async fn claim_node(&self, node: &NodeId) -> Result<(NodeClaim, BatchSeq), StorageError> {
         let client = self.lock_node(node).await?;
-        client
-            .execute(
+        bounded(
+            self.timeout,
+            client.execute(
                 "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
                 &[&node.as_str()],
-            )
-            .await?;
+            ),
+        )
+        .await?;
         let incarnation = uuid::Uuid::new_v4().to_string();
-        let progress: i64 = client
-            .query_one(
+        let progress: i64 = bounded(
+            self.timeout,
+            client.query_one(
                 "UPDATE tally_nodes SET incarnation = $2, updated_at = now() WHERE node_id = $1
                  RETURNING last_batch",
                 &[&node.as_str(), &incarnation],
-            )
-            .await?
-            .get(0);
+            ),
+        )
+        .await?
+        .get(0);
         let keeper = tokio::spawn(keep_claim(self.clone(), node.clone(), client));
         let claim = NodeClaim {
             incarnation,
@@ -69,17 +73,27 @@ impl Storage {
         Ok((claim, batch_seq(progress)))
     }
 
-    /// A new connection holding the node's advisory lock.
+    /// A new connection holding the node's advisory lock. It has the pool's connection
+    /// settings (keepalives included), and its statements the same bound.
     async fn lock_node(&self, node: &NodeId) -> Result<tokio_postgres::Client, StorageError> {
         let (client, connection) = self.config.connect(NoTls).await?;
         let closed = tokio::spawn(connection);
-        let locked: bool = client
-            .query_one(
+        let locked = bounded(
+            self.timeout,
+            client.query_one(
                 "SELECT pg_try_advisory_lock(hashtextextended('tally-node:' || $1, 0))",
                 &[&node.as_str()],
-            )
-            .await?
-            .get(0);
+            ),
+        )
+        .await;
+        let locked: bool = match locked {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                // Close the connection now: it may be silent for good.
+                closed.abort();
+                return Err(e);
+            }
+        };
         if !locked {
             closed.abort();
             return Err(StorageError::NodeInUse(node.to_string()));

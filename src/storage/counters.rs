@@ -2,7 +2,9 @@
 
 use tokio_postgres::error::SqlState;
 
-use super::{Storage, StorageError, batch_seq, stored_seq};
+use std::time::Duration;
+
+use super::{Storage, StorageError, batch_seq, bounded, stored_seq};
 use crate::node::NodeId;
 use crate::pending::BatchSeq;
 
@@ -74,67 +76,82 @@ impl Storage {
             deltas.windows(2).all(|w| w[0].0 < w[1].0),
             "sorted, unique keys"
         );
-        let mut client = self.pool.get().await?;
         let owner = Owner { node, incarnation };
-        match apply_batch_in(&mut client, &owner, seq, deltas, false).await {
-            Err(StorageError::OutOfRange { .. }) => {
-                apply_batch_in(&mut client, &owner, seq, deltas, true).await
+        self.with_client(async |client, limit| {
+            match apply_batch_in(client, limit, &owner, seq, deltas, false).await {
+                Err(StorageError::OutOfRange { .. }) => {
+                    apply_batch_in(client, limit, &owner, seq, deltas, true).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     /// Adds one increment in its own transaction and returns the new total.
     pub async fn increment(&self, key: &str, value: i64) -> Result<i64, StorageError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO counters AS c (key, value, updated_at) VALUES ($1, $2, now())
-                 ON CONFLICT (key) DO UPDATE
-                 SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
-                 RETURNING value",
+        self.with_client(async |client, limit| {
+            let statement = bounded(
+                limit,
+                client.prepare_cached(
+                    "INSERT INTO counters AS c (key, value, updated_at) VALUES ($1, $2, now())
+                     ON CONFLICT (key) DO UPDATE
+                     SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
+                     RETURNING value",
+                ),
             )
             .await?;
-        match client.query_one(&statement, &[&key, &value]).await {
-            Ok(row) => Ok(row.get(0)),
-            Err(e) if is_out_of_range(&e) => Err(StorageError::OutOfRange {
-                key: Some(key.to_owned()),
-            }),
-            Err(e) => Err(e.into()),
-        }
+            match tokio::time::timeout(limit, client.query_one(&statement, &[&key, &value])).await {
+                Err(_) => Err(StorageError::TimedOut(limit)),
+                Ok(Ok(row)) => Ok(row.get(0)),
+                Ok(Err(e)) if is_out_of_range(&e) => Err(StorageError::OutOfRange {
+                    key: Some(key.to_owned()),
+                }),
+                Ok(Err(e)) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Adds several increments in one statement: all or none. `deltas` must be sorted by key,
     /// each key once.
     pub async fn increment_all(&self, deltas: &[(&str, i64)]) -> Result<(), StorageError> {
-        let mut client = self.pool.get().await?;
         let (keys, values): (Vec<&str>, Vec<i64>) = deltas.iter().copied().unzip();
-        match client.execute(UPSERT, &[&keys, &values]).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_out_of_range(&e) => {
-                // Name the key: the checked statement finds it (its writes are rolled back).
-                let key = async {
-                    let tx = client.transaction().await.ok()?;
-                    let rows = tx.query(UPSERT_CHECKED, &[&keys, &values]).await.ok()?;
-                    rows.first().map(|r| r.get::<_, String>(0))
+        self.with_client(async |client, limit| {
+            match tokio::time::timeout(limit, client.execute(UPSERT, &[&keys, &values])).await {
+                Err(_) => Err(StorageError::TimedOut(limit)),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) if is_out_of_range(&e) => {
+                    // Name the key: the checked statement finds it (its writes are rolled
+                    // back). Without an answer in time, the refusal stands without a name.
+                    let key = async {
+                        let tx = bounded(limit, client.transaction()).await.ok()?;
+                        let rows = bounded(limit, tx.query(UPSERT_CHECKED, &[&keys, &values]))
+                            .await
+                            .ok()?;
+                        rows.first().map(|r| r.get::<_, String>(0))
+                    }
+                    .await;
+                    Err(StorageError::OutOfRange { key })
                 }
-                .await;
-                Err(StorageError::OutOfRange { key })
+                Ok(Err(e)) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     /// The persisted total of `key`.
     pub async fn counter(&self, key: &str) -> Result<Option<i64>, StorageError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached("SELECT value FROM counters WHERE key = $1")
+        self.with_client(async |client, limit| {
+            let statement = bounded(
+                limit,
+                client.prepare_cached("SELECT value FROM counters WHERE key = $1"),
+            )
             .await?;
-        Ok(client
-            .query_opt(&statement, &[&key])
-            .await?
-            .map(|r| r.get(0)))
+            let row = bounded(limit, client.query_opt(&statement, &[&key])).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
     }
 
     /// The persisted total of `key` and the last batch applied for `node`, read from one
@@ -144,15 +161,18 @@ impl Storage {
         key: &str,
         node: &NodeId,
     ) -> Result<(Option<i64>, BatchSeq), StorageError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT (SELECT value FROM counters WHERE key = $1),
-                        (SELECT last_batch FROM tally_nodes WHERE node_id = $2)",
-            )
-            .await?;
-        let row = client
-            .query_one(&statement, &[&key, &node.as_str()])
+        let row = self
+            .with_client(async |client, limit| {
+                let statement = bounded(
+                    limit,
+                    client.prepare_cached(
+                        "SELECT (SELECT value FROM counters WHERE key = $1),
+                                (SELECT last_batch FROM tally_nodes WHERE node_id = $2)",
+                    ),
+                )
+                .await?;
+                bounded(limit, client.query_one(&statement, &[&key, &node.as_str()])).await
+            })
             .await?;
         let progress: Option<i64> = row.get(1);
         let progress = progress
@@ -167,24 +187,41 @@ struct Owner<'a> {
     incarnation: &'a str,
 }
 
+/// Writes the batch in one transaction, each statement waiting at most `limit` for its answer.
 async fn apply_batch_in(
     client: &mut deadpool_postgres::Object,
+    limit: Duration,
     owner: &Owner<'_>,
     seq: BatchSeq,
     deltas: &[(Box<str>, i64)],
     checked: bool,
 ) -> Result<BatchOutcome, StorageError> {
     let node = owner.node;
-    let tx = client.transaction().await?;
+    let tx = bounded(limit, client.transaction()).await?;
+    // The same bound on the server's side: should this process stop talking mid-flush (its
+    // connection silent, then closed by it), the server cancels the statement and ends the
+    // idle transaction, releasing the rows it locked, instead of holding them until TCP
+    // notices, which can take hours. Another node's flush may be waiting for those rows.
+    let millis = limit.as_millis();
+    bounded(
+        limit,
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {millis}; \
+             SET LOCAL idle_in_transaction_session_timeout = {millis}"
+        )),
+    )
+    .await?;
     // FOR UPDATE: a twin process flushing under the same node id serialises here, and the
     // incarnation tells which of the two may write.
-    let row = tx
-        .query_opt(
+    let row = bounded(
+        limit,
+        tx.query_opt(
             "SELECT last_batch, incarnation FROM tally_nodes WHERE node_id = $1 FOR UPDATE",
             &[&node.as_str()],
-        )
-        .await?
-        .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?;
+        ),
+    )
+    .await?
+    .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?;
     let (progress, incarnation): (i64, Option<&str>) = (row.get(0), row.get(1));
     if incarnation != Some(owner.incarnation) {
         return Err(StorageError::Fenced(node.to_string()));
@@ -198,31 +235,35 @@ async fn apply_batch_in(
         let keys: Vec<&str> = chunk.iter().map(|(k, _)| &**k).collect();
         let values: Vec<i64> = chunk.iter().map(|(_, d)| *d).collect();
         if checked {
-            for row in tx.query(UPSERT_CHECKED, &[&keys, &values]).await? {
+            for row in bounded(limit, tx.query(UPSERT_CHECKED, &[&keys, &values])).await? {
                 rejected.push(Rejected {
                     key: row.get(0),
                     delta: row.get(1),
                 });
             }
         } else {
-            match tx.execute(UPSERT, &[&keys, &values]).await {
-                Ok(_) => {}
-                Err(e) if is_out_of_range(&e) => {
+            match tokio::time::timeout(limit, tx.execute(UPSERT, &[&keys, &values])).await {
+                Err(_) => return Err(StorageError::TimedOut(limit)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if is_out_of_range(&e) => {
                     return Err(StorageError::OutOfRange { key: None });
                 }
-                Err(e) => return Err(e.into()),
+                Ok(Err(e)) => return Err(e.into()),
             }
         }
     }
     if !rejected.is_empty() {
-        record_rejections(&tx, node, seq, &rejected).await?;
+        record_rejections(&tx, limit, node, seq, &rejected).await?;
     }
-    tx.execute(
-        "UPDATE tally_nodes SET last_batch = $2, updated_at = now() WHERE node_id = $1",
-        &[&node.as_str(), &stored_seq(seq)],
+    bounded(
+        limit,
+        tx.execute(
+            "UPDATE tally_nodes SET last_batch = $2, updated_at = now() WHERE node_id = $1",
+            &[&node.as_str(), &stored_seq(seq)],
+        ),
     )
     .await?;
-    tx.commit().await?;
+    bounded(limit, tx.commit()).await?;
     Ok(BatchOutcome {
         applied: true,
         rejected,
@@ -231,17 +272,21 @@ async fn apply_batch_in(
 
 async fn record_rejections(
     tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
     node: &NodeId,
     seq: BatchSeq,
     rejected: &[Rejected],
 ) -> Result<(), StorageError> {
     let keys: Vec<&str> = rejected.iter().map(|r| r.key.as_str()).collect();
     let deltas: Vec<i64> = rejected.iter().map(|r| r.delta).collect();
-    tx.execute(
-        "INSERT INTO rejected_increments (key, delta, node_id, batch, reason)
-         SELECT key, delta, $3, $4, 'total_out_of_range'
-         FROM unnest($1::text[], $2::bigint[]) AS r(key, delta)",
-        &[&keys, &deltas, &node.as_str(), &stored_seq(seq)],
+    bounded(
+        limit,
+        tx.execute(
+            "INSERT INTO rejected_increments (key, delta, node_id, batch, reason)
+             SELECT key, delta, $3, $4, 'total_out_of_range'
+             FROM unnest($1::text[], $2::bigint[]) AS r(key, delta)",
+            &[&keys, &deltas, &node.as_str(), &stored_seq(seq)],
+        ),
     )
     .await?;
     Ok(())

@@ -3,6 +3,12 @@
 //! [`Storage`] is a cheap, clonable handle over a connection pool with a small API named for
 //! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
 //! a total. The SQL sits next to the function that runs it, in `counters.rs` and here.
+//!
+//! No call waits for PostgreSQL without a bound. A server that vanishes without a reset leaves
+//! its connections silent: no answer, no error, no end of stream. So every statement waits at
+//! most `--db-timeout` for its answer ([`bounded`]), a connection whose statement got no answer
+//! is closed instead of going back to the pool ([`Lease`]), and TCP keepalives and a TCP user
+//! timeout let the kernel find dead peers of idle connections and of unacknowledged writes.
 
 mod claim;
 mod counters;
@@ -12,7 +18,7 @@ mod migrations;
 use std::fmt;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::pending::BatchSeq;
@@ -22,6 +28,23 @@ pub use counters::{BatchOutcome, Rejected};
 
 /// How long to wait for a connection to open, and for a free one from the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// TCP keepalive on every connection: after this long without traffic the kernel probes the
+/// peer every [`KEEPALIVE_INTERVAL`], and gives up after [`KEEPALIVE_RETRIES`] unanswered
+/// probes. Without it, an idle connection to a vanished server looks alive for hours (the
+/// system default waits 2 hours before the first probe).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The keepalive idle time tokio-postgres (like libpq) uses when the connection string sets
+/// none: seeing it means "unset".
+const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// How long written data may stay unacknowledged before the kernel closes the connection
+/// (`TCP_USER_TIMEOUT`), instead of retransmitting for about 15 minutes. It also bounds the
+/// keepalive probing above.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A handle to the database. Clones share one pool.
 #[derive(Clone)]
@@ -42,6 +65,9 @@ pub enum StorageError {
     /// The database could not be reached or failed; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A statement got no answer within the database timeout; its connection was closed.
+    #[error("the database did not answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
     /// The database holds something Tally did not expect (e.g. a missing node row).
     #[error("unexpected database state: {0}")]
     Invariant(String),
@@ -112,22 +138,96 @@ pub fn describe(config: &tokio_postgres::Config) -> DatabaseDescription {
     ))
 }
 
+/// Tally's choices for what a connection string leaves unset: a connect timeout, an
+/// application name, TCP keepalives and a TCP user timeout. Whatever the string sets, it keeps
+/// (`keepalives=0` turns keepalives off, and with them Tally's keepalive timings).
+fn with_connection_defaults(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("tally");
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives() {
+        if config.get_keepalives_idle() == DEFAULT_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+    }
+    config
+}
+
+/// Awaits one statement's answer for at most `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StorageError> {
+    match tokio::time::timeout(limit, statement).await {
+        Ok(answer) => answer.map_err(StorageError::from),
+        Err(_) => Err(StorageError::TimedOut(limit)),
+    }
+}
+
+/// A pooled connection that goes back to the pool only once its work has ended with an
+/// answer. A connection whose statement timed out, or whose caller gave up waiting, may be
+/// silent for good: it is closed instead (taken out of the pool), so that the next caller, a
+/// retry among them, opens a new one.
+struct Lease {
+    client: Option<Object>,
+    answered: bool,
+}
+
+impl Lease {
+    fn client(&mut self) -> &mut Object {
+        self.client.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.answered
+            && let Some(client) = self.client.take()
+        {
+            // Dropping the connection aborts its task, which closes the socket.
+            drop(Object::take(client));
+        }
+    }
+}
+
 impl Storage {
+    /// Runs `work` on a pooled connection whose statements each wait at most the database
+    /// timeout (through [`bounded`]); see [`Lease`] for what becomes of the connection.
+    async fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Object, Duration) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut lease = Lease {
+            client: Some(self.pool.get().await?),
+            answered: false,
+        };
+        let result = work(lease.client(), self.timeout).await;
+        lease.answered = !matches!(result, Err(StorageError::TimedOut(_)));
+        result
+    }
+
     /// Builds the pool. Connections open lazily; call [`Storage::migrate`] or
     /// [`Storage::ping`] to find out whether the database answers.
     ///
     /// `timeout` bounds the wait for each statement's answer (`--db-timeout`).
     pub fn connect(
-        mut config: tokio_postgres::Config,
+        config: tokio_postgres::Config,
         pool_size: usize,
         timeout: Duration,
     ) -> Result<Storage, StorageError> {
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("tally");
-        }
+        let config = with_connection_defaults(config);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -150,6 +250,9 @@ impl Storage {
     }
 
     /// Applies the embedded migrations (`migrations/` in the repository).
+    ///
+    /// Not bounded by the database timeout: a migration may rightly take long on a big table.
+    /// A server that vanishes meanwhile is found by the TCP user timeout and keepalives.
     pub async fn migrate(&self) -> Result<(), StorageError> {
         let mut client = self.pool.get().await?;
         migrations::run(&mut client).await
@@ -157,9 +260,11 @@ impl Storage {
 
     /// Answers whether the database takes a query now.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        let client = self.pool.get().await?;
-        client.simple_query("SELECT 1").await?;
-        Ok(())
+        self.with_client(async |client, limit| {
+            bounded(limit, client.simple_query("SELECT 1")).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A handle on the same database with a pool of its own, for work that runs on another
@@ -251,5 +356,38 @@ impl Database {
                 Err(e) => tracing::error!(error = %e, "could not stop the managed PostgreSQL"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults_for(url: &str) -> tokio_postgres::Config {
+        with_connection_defaults(url.parse().unwrap())
+    }
+
+    #[test]
+    fn connections_get_keepalives_and_a_user_timeout_unless_the_url_sets_them() {
+        let c = defaults_for("postgresql://tally@db.example/tally");
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+
+        let c = defaults_for(
+            "host=db.example user=tally keepalives_idle=60 keepalives_interval=7 \
+             keepalives_retries=9 tcp_user_timeout=120",
+        );
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(c.get_keepalives_retries(), Some(9));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(120)));
+
+        let c = defaults_for("host=db.example user=tally keepalives=0");
+        assert!(!c.get_keepalives(), "the URL turned keepalives off");
+        assert_eq!(c.get_keepalives_interval(), None);
     }
 }
