@@ -71,6 +71,13 @@ pub enum StorageError {
     /// The database holds something Tally did not expect (e.g. a missing node row).
     #[error("unexpected database state: {0}")]
     Invariant(String),
+    /// The database does not store text as UTF-8, so some keys Tally accepts could never be
+    /// written: their flush would fail for good. Refused at start.
+    #[error(
+        "the database's encoding is {0}, but Tally needs UTF8 to store every key it accepts \
+         (create the database with ENCODING 'UTF8')"
+    )]
+    NotUtf8(String),
     /// A live process already holds this node id.
     #[error("node id `{0}` is in use by a running node (two nodes must not share a node id)")]
     NodeInUse(String),
@@ -258,6 +265,25 @@ impl Storage {
         migrations::run(&mut client).await
     }
 
+    /// Refuses a database whose text is not UTF-8 ([`StorageError::NotUtf8`]).
+    pub async fn check_encoding(&self) -> Result<(), StorageError> {
+        let encoding: String = self
+            .with_client(async |client, limit| {
+                let row = bounded(
+                    limit,
+                    client.query_one("SELECT current_setting('server_encoding')", &[]),
+                )
+                .await?;
+                Ok(row.get(0))
+            })
+            .await?;
+        if encoding == "UTF8" {
+            Ok(())
+        } else {
+            Err(StorageError::NotUtf8(encoding))
+        }
+    }
+
     /// Answers whether the database takes a query now.
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.with_client(async |client, limit| {
@@ -303,7 +329,8 @@ pub struct Database {
 
 impl Database {
     /// Connects to `DATABASE_URL`, or creates and starts the managed cluster under
-    /// `<data_dir>/postgres` when it is unset, then applies the migrations.
+    /// `<data_dir>/postgres` when it is unset, checks that it stores text as UTF-8, then
+    /// applies the migrations.
     pub async fn open(
         config: &crate::config::DatabaseConfig,
         data_dir: &std::path::Path,
@@ -339,7 +366,11 @@ impl Database {
             description,
             managed,
         };
-        if let Err(e) = database.storage.migrate().await {
+        let usable = async {
+            database.storage.check_encoding().await?;
+            database.storage.migrate().await
+        };
+        if let Err(e) = usable.await {
             database.close().await;
             return Err(e.into());
         }
