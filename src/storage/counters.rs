@@ -211,22 +211,7 @@ async fn apply_batch_in(
         )),
     )
     .await?;
-    // FOR UPDATE: a twin process flushing under the same node id serialises here, and the
-    // incarnation tells which of the two may write.
-    let row = bounded(
-        limit,
-        tx.query_opt(
-            "SELECT last_batch, incarnation FROM tally_nodes WHERE node_id = $1 FOR UPDATE",
-            &[&node.as_str()],
-        ),
-    )
-    .await?
-    .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?;
-    let (progress, incarnation): (i64, Option<&str>) = (row.get(0), row.get(1));
-    if incarnation != Some(owner.incarnation) {
-        return Err(StorageError::Fenced(node.to_string()));
-    }
-    if batch_seq(progress) >= seq {
+    if advance_progress(&tx, limit, owner, seq).await? == Progress::AlreadyApplied {
         return Ok(BatchOutcome::default());
     }
 
@@ -255,6 +240,55 @@ async fn apply_batch_in(
     if !rejected.is_empty() {
         record_rejections(&tx, limit, node, seq, &rejected).await?;
     }
+    bounded(limit, tx.commit()).await?;
+    Ok(BatchOutcome {
+        applied: true,
+        rejected,
+    })
+}
+
+/// Whether a batch is to be written.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// The node's progress row now names this batch; the caller writes its deltas in the same
+    /// transaction, or rolls it all back.
+    Advanced,
+    /// The progress row already covers this batch: it was applied before (a retry after a
+    /// commit whose answer was lost). Nothing is to be written.
+    AlreadyApplied,
+}
+
+/// The exactly-once gate of a flush, all of it: checks and advances the node's progress row
+/// inside the batch's transaction, before any delta is written.
+///
+/// The row is locked `FOR UPDATE`, so a twin process flushing under the same node id waits
+/// here, and the incarnation tells which of the two may write ([`StorageError::Fenced`] for
+/// the other). A batch at or below the recorded progress is [`Progress::AlreadyApplied`].
+/// Otherwise the row is set to this batch now: it commits with the deltas or not at all, so
+/// advancing it before writing them changes nothing for any reader.
+async fn advance_progress(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    owner: &Owner<'_>,
+    seq: BatchSeq,
+) -> Result<Progress, StorageError> {
+    let node = owner.node;
+    let row = bounded(
+        limit,
+        tx.query_opt(
+            "SELECT last_batch, incarnation FROM tally_nodes WHERE node_id = $1 FOR UPDATE",
+            &[&node.as_str()],
+        ),
+    )
+    .await?
+    .ok_or_else(|| StorageError::Invariant(format!("node {node} has no progress row")))?;
+    let (progress, incarnation): (i64, Option<&str>) = (row.get(0), row.get(1));
+    if incarnation != Some(owner.incarnation) {
+        return Err(StorageError::Fenced(node.to_string()));
+    }
+    if batch_seq(progress) >= seq {
+        return Ok(Progress::AlreadyApplied);
+    }
     bounded(
         limit,
         tx.execute(
@@ -263,11 +297,7 @@ async fn apply_batch_in(
         ),
     )
     .await?;
-    bounded(limit, tx.commit()).await?;
-    Ok(BatchOutcome {
-        applied: true,
-        rejected,
-    })
+    Ok(Progress::Advanced)
 }
 
 async fn record_rejections(
