@@ -368,11 +368,13 @@ impl Flusher {
         if outcome.applied {
             self.metrics.flushed_rows.inc_by(batch.deltas.len() as u64);
         }
+        // One line per left-out delta, the only trace of it outside rejected_increments.
         for r in &outcome.rejected {
-            self.metrics.reject("total_out_of_range", 1);
+            self.metrics.reject(r.reason.label(), 1);
             tracing::warn!(
-                key = %r.key, delta = r.delta, batch = batch.seq,
-                "increment rejected: the total would leave the signed 64-bit range"
+                key = %r.key, delta = r.delta, batch = batch.seq, reason = r.reason.label(),
+                sqlstate = %r.sqlstate, message = %r.message,
+                "increment rejected: PostgreSQL refuses this key's delta for good; it is left out of the batch and recorded in rejected_increments"
             );
         }
         if failures > 0 {

@@ -1,8 +1,8 @@
-//! Crash safety (DESIGN.md sections 1, 5, 6): real processes killed with SIGKILL, a crash
-//! between PostgreSQL's commit and the journal's cleanup, a torn journal tail, a commit whose
-//! answer is lost, PostgreSQL stopped under load, and the memory bounds. The check is always
-//! the ledger's: acknowledged <= total <= acknowledged + unknown, for every key.
-
+//! Crash safety and faults (DESIGN.md sections 1, 5, 6; FAULTS.md): real processes killed
+//! with SIGKILL, a crash between PostgreSQL's commit and the journal's cleanup, a torn journal
+//! tail, a commit whose answer is lost, PostgreSQL stopped under load, a database host that
+//! goes silent, a key the database refuses for good, and the memory bounds. The check is
+//! always the ledger's: acknowledged <= total <= acknowledged + unknown, for every key.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -416,6 +416,112 @@ async fn a_silent_database_connection_is_abandoned_and_the_same_batch_is_retried
     assert_eq!(
         failed, recovered,
         "the failed batch is the one that succeeded:\n{log}"
+    );
+}
+
+/// FAULTS.md row 15: an error no retry can fix. An operator's constraint refuses one key;
+/// that key is left out and recorded, and the rest of its batch, and every later batch,
+/// commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_database_refuses_for_good_is_left_out_and_the_rest_of_its_batch_commits() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = tokio::task::block_in_place(|| {
+        TallyProcess::start(
+            dir.path(),
+            &["--flush-interval", "100ms"],
+            &[("DATABASE_URL", &db.url)],
+        )
+    });
+    let sql = common::app::connect(&db).await;
+    sql.batch_execute("ALTER TABLE counters ADD CONSTRAINT no_poison CHECK (key <> 'poison')")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let post = |body: &'static str| {
+        http.post(node.url("/increments"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // One request, so one batch: keys on both sides of the poison one in sort order.
+    let r = post(r#"[{"key": "apple", "value": 1}, {"key": "poison", "value": 5}, {"key": "zebra", "value": 2}]"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let expected = [("apple".to_owned(), 1), ("zebra".to_owned(), 2)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db_totals(&db).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the other keys of the batch never committed; PostgreSQL has {:?}",
+            db_totals(&db).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Later batches keep flushing, and the key is refused again each time it comes.
+    let r = post(r#"[{"key": "apple", "value": 3}, {"key": "poison", "value": 1}]"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let expected = [("apple".to_owned(), 4), ("zebra".to_owned(), 2)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db_totals(&db).await != expected {
+        assert!(Instant::now() < deadline, "a later batch never committed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let rows = sql
+        .query(
+            "SELECT key, delta, reason, sqlstate, message FROM rejected_increments ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rejected: Vec<(String, i64, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    for ((key, delta, reason, sqlstate, message), want) in rejected.iter().zip([5, 1]) {
+        assert_eq!((key.as_str(), *delta), ("poison", want));
+        assert_eq!(reason, "refused_by_database");
+        assert_eq!(sqlstate, "23514", "check_violation");
+        assert!(message.contains("no_poison"), "{message}");
+    }
+    let metrics = http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tally_increments_rejected_total{reason="refused_by_database"} 2"#),
+        "{metrics}"
+    );
+
+    node.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| node.wait(Duration::from_secs(30)));
+    let log = node.log();
+    assert!(status.success(), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("increment rejected"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one line per rejected delta:\n{log}");
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("poison") && l.contains("23514") && l.contains("no_poison")),
+        "the line names the key, the SQLSTATE and the message:\n{log}"
+    );
+    assert!(
+        !log.contains("flush failed"),
+        "a refused key is not a failed flush:\n{log}"
     );
 }
 

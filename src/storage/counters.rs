@@ -1,8 +1,16 @@
 //! The SQL of the `counters` table: flush batches, synchronous increments, reads.
-
-use tokio_postgres::error::SqlState;
+//!
+//! A flush batch is written in one transaction: the node's progress row
+//! ([`advance_progress`]), then the deltas, one upsert per chunk of sorted keys. When
+//! PostgreSQL refuses a chunk's data for good (an error a retry cannot fix: a total out of
+//! range, an operator's constraint), the batch is written again isolating the keys it refuses:
+//! each chunk under a savepoint, halved on refusal down to single keys, and a single key still
+//! refused is left out and recorded in `rejected_increments`. Everything else of the batch
+//! commits, in the same transaction as the progress row.
 
 use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
 
 use super::{Storage, StorageError, batch_seq, bounded, stored_seq};
 use crate::node::NodeId;
@@ -23,7 +31,8 @@ const UPSERT: &str = "
 
 /// Like [`UPSERT`], but leaves out the keys whose total would leave the signed 64-bit range and
 /// returns them instead. It reads each row once more, so it is only used for a batch that the
-/// plain statement refused.
+/// plain statement refused. Finding overflowing keys in one pass spares the bisection of
+/// [`upsert_isolating`] for them.
 const UPSERT_CHECKED: &str = "
     WITH input AS (
         SELECT i.key, i.delta,
@@ -45,15 +54,67 @@ pub struct BatchOutcome {
     /// False when PostgreSQL had already applied this batch (a retry after a commit whose
     /// answer was lost): nothing was written this time.
     pub applied: bool,
-    /// Deltas left out because their key's total would leave the 64-bit range.
+    /// Deltas left out, each a key's whole delta in this batch, because PostgreSQL refuses it
+    /// for good; they are recorded in `rejected_increments` in the same transaction.
     pub rejected: Vec<Rejected>,
 }
 
-/// A delta a flush could not apply.
+/// A key's delta a flush left out: the sum of that key's increments in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     pub key: String,
     pub delta: i64,
+    pub reason: RejectReason,
+    /// The SQLSTATE of PostgreSQL's refusal (`22003` for a total out of range).
+    pub sqlstate: String,
+    /// PostgreSQL's message, or Tally's for a total its own check found out of range.
+    pub message: String,
+}
+
+/// Why a delta was left out: the `reason` of `rejected_increments` and of the
+/// `tally_increments_rejected_total` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The key's total would leave the signed 64-bit range.
+    TotalOutOfRange,
+    /// PostgreSQL refused the key's data otherwise (an operator's constraint, say).
+    RefusedByDatabase,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::TotalOutOfRange => "total_out_of_range",
+            RejectReason::RefusedByDatabase => "refused_by_database",
+        }
+    }
+}
+
+impl Rejected {
+    fn out_of_range(key: String, delta: i64) -> Rejected {
+        Rejected {
+            key,
+            delta,
+            reason: RejectReason::TotalOutOfRange,
+            sqlstate: SqlState::NUMERIC_VALUE_OUT_OF_RANGE.code().to_owned(),
+            message: "the total would leave the signed 64-bit range".to_owned(),
+        }
+    }
+
+    fn refused(key: &str, delta: i64, sqlstate: String, message: String) -> Rejected {
+        let reason = if sqlstate == SqlState::NUMERIC_VALUE_OUT_OF_RANGE.code() {
+            RejectReason::TotalOutOfRange
+        } else {
+            RejectReason::RefusedByDatabase
+        };
+        Rejected {
+            key: key.to_owned(),
+            delta,
+            reason,
+            sqlstate,
+            message,
+        }
+    }
 }
 
 impl Storage {
@@ -78,11 +139,13 @@ impl Storage {
         );
         let owner = Owner { node, incarnation };
         self.with_client(async |client, limit| {
-            match apply_batch_in(client, limit, &owner, seq, deltas, false).await {
-                Err(StorageError::OutOfRange { .. }) => {
-                    apply_batch_in(client, limit, &owner, seq, deltas, true).await
-                }
-                other => other,
+            match apply_batch_in(client, limit, &owner, seq, deltas, Chunks::Plain).await? {
+                Some(outcome) => Ok(outcome),
+                None => apply_batch_in(client, limit, &owner, seq, deltas, Chunks::Isolating)
+                    .await?
+                    .ok_or_else(|| {
+                        StorageError::Invariant("a refusal escaped key isolation".into())
+                    }),
             }
         })
         .await
@@ -187,16 +250,28 @@ struct Owner<'a> {
     incarnation: &'a str,
 }
 
+/// How a batch's chunks are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunks {
+    /// One plain upsert per chunk: the common case, and the cheapest. A chunk whose data
+    /// PostgreSQL refuses ends the attempt.
+    Plain,
+    /// Each chunk under a savepoint, halved on refusal down to single keys
+    /// ([`upsert_isolating`]): for a batch that [`Chunks::Plain`] could not write.
+    Isolating,
+}
+
 /// Writes the batch in one transaction, each statement waiting at most `limit` for its answer.
+/// `None` when PostgreSQL refused a chunk's data in [`Chunks::Plain`] (the transaction is
+/// rolled back): the caller writes the batch again isolating the refused keys.
 async fn apply_batch_in(
     client: &mut deadpool_postgres::Object,
     limit: Duration,
     owner: &Owner<'_>,
     seq: BatchSeq,
     deltas: &[(Box<str>, i64)],
-    checked: bool,
-) -> Result<BatchOutcome, StorageError> {
-    let node = owner.node;
+    chunks: Chunks,
+) -> Result<Option<BatchOutcome>, StorageError> {
     let tx = bounded(limit, client.transaction()).await?;
     // The same bound on the server's side: should this process stop talking mid-flush (its
     // connection silent, then closed by it), the server cancels the statement and ends the
@@ -212,39 +287,95 @@ async fn apply_batch_in(
     )
     .await?;
     if advance_progress(&tx, limit, owner, seq).await? == Progress::AlreadyApplied {
-        return Ok(BatchOutcome::default());
+        return Ok(Some(BatchOutcome::default()));
     }
 
     let mut rejected = Vec::new();
     for chunk in deltas.chunks(CHUNK_ROWS) {
-        let keys: Vec<&str> = chunk.iter().map(|(k, _)| &**k).collect();
-        let values: Vec<i64> = chunk.iter().map(|(_, d)| *d).collect();
-        if checked {
-            for row in bounded(limit, tx.query(UPSERT_CHECKED, &[&keys, &values])).await? {
-                rejected.push(Rejected {
-                    key: row.get(0),
-                    delta: row.get(1),
-                });
-            }
-        } else {
-            match tokio::time::timeout(limit, tx.execute(UPSERT, &[&keys, &values])).await {
-                Err(_) => return Err(StorageError::TimedOut(limit)),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) if is_out_of_range(&e) => {
-                    return Err(StorageError::OutOfRange { key: None });
-                }
-                Ok(Err(e)) => return Err(e.into()),
-            }
+        match chunks {
+            Chunks::Plain => match upsert(&tx, limit, chunk).await {
+                Ok(()) => {}
+                Err(StorageError::Refused { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            Chunks::Isolating => upsert_isolating(&tx, limit, chunk, &mut rejected).await?,
         }
     }
     if !rejected.is_empty() {
-        record_rejections(&tx, limit, node, seq, &rejected).await?;
+        record_rejections(&tx, limit, owner.node, seq, &rejected).await?;
     }
     bounded(limit, tx.commit()).await?;
-    Ok(BatchOutcome {
+    Ok(Some(BatchOutcome {
         applied: true,
         rejected,
-    })
+    }))
+}
+
+fn keys_and_values(deltas: &[(Box<str>, i64)]) -> (Vec<&str>, Vec<i64>) {
+    deltas.iter().map(|(k, d)| (&**k, *d)).unzip()
+}
+
+/// Adds a chunk's deltas with [`UPSERT`].
+async fn upsert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    chunk: &[(Box<str>, i64)],
+) -> Result<(), StorageError> {
+    let (keys, values) = keys_and_values(chunk);
+    bounded(limit, tx.execute(UPSERT, &[&keys, &values])).await?;
+    Ok(())
+}
+
+/// Adds a chunk's deltas leaving out, into `rejected`, every key whose data PostgreSQL
+/// refuses for good ([`StorageError::Refused`]).
+///
+/// Keys whose total would leave the 64-bit range are left out by [`UPSERT_CHECKED`] in one
+/// pass. For any other refusal the part that failed is rolled back to its savepoint and
+/// written again as two halves, down to single keys: a single key still refused is left out.
+/// Parts are written left to right, so rows are still locked in key order (rolling back to a
+/// savepoint releases the row locks taken since), and two nodes still cannot deadlock.
+/// Each refused key costs about two statements per halving, so a chunk of 10,000 keys with
+/// one refused key takes some 30 statements: cheap for what should be rare.
+async fn upsert_isolating(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    chunk: &[(Box<str>, i64)],
+    rejected: &mut Vec<Rejected>,
+) -> Result<(), StorageError> {
+    // The parts still to write, the next one last.
+    let mut parts = vec![chunk];
+    while let Some(part) = parts.pop() {
+        bounded(limit, tx.batch_execute("SAVEPOINT isolate")).await?;
+        let (keys, values) = keys_and_values(part);
+        match bounded(limit, tx.query(UPSERT_CHECKED, &[&keys, &values])).await {
+            Ok(rows) => {
+                bounded(limit, tx.batch_execute("RELEASE SAVEPOINT isolate")).await?;
+                rejected.extend(
+                    rows.iter()
+                        .map(|row| Rejected::out_of_range(row.get(0), row.get(1))),
+                );
+            }
+            Err(StorageError::Refused { sqlstate, message }) => {
+                bounded(
+                    limit,
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate"),
+                )
+                .await?;
+                match part {
+                    [(key, delta)] => {
+                        rejected.push(Rejected::refused(key, *delta, sqlstate, message));
+                    }
+                    _ => {
+                        let (left, right) = part.split_at(part.len() / 2);
+                        parts.push(right);
+                        parts.push(left);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a batch is to be written.
@@ -309,13 +440,26 @@ async fn record_rejections(
 ) -> Result<(), StorageError> {
     let keys: Vec<&str> = rejected.iter().map(|r| r.key.as_str()).collect();
     let deltas: Vec<i64> = rejected.iter().map(|r| r.delta).collect();
+    let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.label()).collect();
+    let sqlstates: Vec<&str> = rejected.iter().map(|r| r.sqlstate.as_str()).collect();
+    let messages: Vec<&str> = rejected.iter().map(|r| r.message.as_str()).collect();
     bounded(
         limit,
         tx.execute(
-            "INSERT INTO rejected_increments (key, delta, node_id, batch, reason)
-             SELECT key, delta, $3, $4, 'total_out_of_range'
-             FROM unnest($1::text[], $2::bigint[]) AS r(key, delta)",
-            &[&keys, &deltas, &node.as_str(), &stored_seq(seq)],
+            "INSERT INTO rejected_increments
+                 (key, delta, node_id, batch, reason, sqlstate, message)
+             SELECT key, delta, $3, $4, reason, sqlstate, message
+             FROM unnest($1::text[], $2::bigint[], $5::text[], $6::text[], $7::text[])
+                  AS r(key, delta, reason, sqlstate, message)",
+            &[
+                &keys,
+                &deltas,
+                &node.as_str(),
+                &stored_seq(seq),
+                &reasons,
+                &sqlstates,
+                &messages,
+            ],
         ),
     )
     .await?;

@@ -24,7 +24,7 @@ use tokio_postgres::NoTls;
 use crate::pending::BatchSeq;
 
 pub use claim::NodeClaim;
-pub use counters::{BatchOutcome, Rejected};
+pub use counters::{BatchOutcome, RejectReason, Rejected};
 
 /// How long to wait for a connection to open, and for a free one from the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +62,13 @@ pub enum StorageError {
     /// A total would leave the signed 64-bit range; `key` names it when known.
     #[error("the total would leave the signed 64-bit range")]
     OutOfRange { key: Option<String> },
+    /// PostgreSQL refused the statement's data for good: SQLSTATE class 22 (data exception: a
+    /// value out of range, a string too long), 23 (integrity constraint violation: an
+    /// operator's CHECK, NOT NULL, unique or foreign key constraint) or 54 (program limit
+    /// exceeded: an index row too large, a statement too complex). The same statement would
+    /// fail on every retry.
+    #[error("the database refused the data ({sqlstate}): {message}")]
+    Refused { sqlstate: String, message: String },
     /// The database could not be reached or failed; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -90,12 +97,28 @@ impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> Self {
         // `Display` of a server error is only "db error"; the server's message says why.
         match e.as_db_error() {
+            Some(db) if refuses_the_data(db.code()) => StorageError::Refused {
+                sqlstate: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+            },
             Some(db) => {
                 StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
             }
             None => StorageError::Unavailable(e.to_string()),
         }
     }
+}
+
+/// Whether an error says that PostgreSQL refuses a statement's data itself, so that retrying
+/// the same statement can never succeed: the classes of [`StorageError::Refused`]. Program
+/// limits (54) are among them because a limit reached by a statement's size goes away as its
+/// part of a batch is halved, and one reached by a single key never does. Everything else
+/// waits for a retry: connection errors (08), insufficient resources (53: disk full, too many
+/// connections), missing privileges and objects (42), a read-only server (25006),
+/// serialization failures and deadlocks (40), cancelled statements (57): time, or an
+/// operator, fixes those, and no acknowledged increment may be dropped for them.
+fn refuses_the_data(code: &tokio_postgres::error::SqlState) -> bool {
+    matches!(code.code().get(..2), Some("22" | "23" | "54"))
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
@@ -420,5 +443,41 @@ mod tests {
         let c = defaults_for("host=db.example user=tally keepalives=0");
         assert!(!c.get_keepalives(), "the URL turned keepalives off");
         assert_eq!(c.get_keepalives_interval(), None);
+    }
+
+    #[test]
+    fn only_errors_about_the_data_itself_count_as_refusals() {
+        use tokio_postgres::error::SqlState;
+        for about_the_data in [
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::FOREIGN_KEY_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+        ] {
+            assert!(refuses_the_data(&about_the_data), "{about_the_data:?}");
+        }
+        for fixed_by_time_or_an_operator in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::QUERY_CANCELED,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ] {
+            assert!(
+                !refuses_the_data(&fixed_by_time_or_an_operator),
+                "{fixed_by_time_or_an_operator:?}"
+            );
+        }
     }
 }
