@@ -22,7 +22,7 @@ use crate::ingest::{Ingest, IngestError};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use error::ApiError;
 
 /// What every handler may use.
@@ -61,7 +61,13 @@ impl AppState {
                 Ok(t)
             }
             Err(e) => {
-                self.metrics.reject(e.reason(), n);
+                // `IngestError::reason` files every storage error under
+                // `database_unavailable`; a refusal for good is answered 400 and counted apart.
+                let reason = match &e {
+                    IngestError::Storage(StorageError::Refused { .. }) => "refused_by_database",
+                    other => other.reason(),
+                };
+                self.metrics.reject(reason, n);
                 Err(e.into())
             }
         }
