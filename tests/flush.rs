@@ -343,3 +343,58 @@ async fn keys_the_database_refuses_are_left_out_of_a_batch_of_several_chunks() {
     want.sort();
     assert_eq!(rejected, want);
 }
+
+/// What a flush-time overflow drops, exactly: the key's delta in the batch is one sum, and it
+/// is left out whole, even the increments of it that alone would have fit.
+#[tokio::test]
+async fn a_flush_time_overflow_drops_the_keys_whole_delta_in_the_batch() {
+    let app = TestApp::spawn_with(&["--flush-interval", "10s"]).await;
+    let near_max = i64::MAX - 10;
+    app.db_client()
+        .await
+        .execute(
+            "INSERT INTO counters (key, value) VALUES ('near-max', $1)",
+            &[&near_max],
+        )
+        .await
+        .unwrap();
+    // One request, so one batch: 5 alone would fit, 5 + 10 does not.
+    let r = app
+        .post_json(
+            "/increments",
+            r#"[{"key": "near-max", "value": 5}, {"key": "near-max", "value": 10},
+                {"key": "other", "value": 1}]"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let db = app.db.clone();
+    app.stop().await.unwrap();
+
+    assert_eq!(
+        db_totals(&db).await,
+        vec![("near-max".to_owned(), near_max), ("other".to_owned(), 1)],
+        "the whole delta of the batch is left out, never a part of it"
+    );
+    let rows = common::app::connect(&db)
+        .await
+        .query(
+            "SELECT key, delta, reason, sqlstate FROM rejected_increments",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rejected: Vec<(String, i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![(
+            "near-max".to_owned(),
+            15,
+            "total_out_of_range".to_owned(),
+            "22003".to_owned()
+        )],
+        "one row holding the batch's sum for the key"
+    );
+}

@@ -4,11 +4,12 @@
 //! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
 //! a total. The SQL sits next to the function that runs it, in `counters.rs` and here.
 //!
-//! No call waits for PostgreSQL without a bound. A server that vanishes without a reset leaves
-//! its connections silent: no answer, no error, no end of stream. So every statement waits at
-//! most `--db-timeout` for its answer ([`bounded`]), a connection whose statement got no answer
-//! is closed instead of going back to the pool ([`Lease`]), and TCP keepalives and a TCP user
-//! timeout let the kernel find dead peers of idle connections and of unacknowledged writes.
+//! A server that vanishes without a reset leaves its connections silent: no answer, no error,
+//! no end of stream. So every statement of a flush, a request, a read or the node's claim
+//! waits at most `--db-timeout` for its answer (`bounded`), a connection whose statement got
+//! no answer is closed instead of going back to the pool (`Lease`), and TCP keepalives and a
+//! TCP user timeout let the kernel find dead peers of idle connections and of unacknowledged
+//! writes (which is all that bounds a migration: one may rightly take long).
 
 mod claim;
 mod counters;
