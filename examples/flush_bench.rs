@@ -112,7 +112,8 @@ async fn run(
     dir: &std::path::Path,
     managed: bool,
 ) -> anyhow::Result<FlushReport> {
-    let storage = Storage::connect(pg_config.clone(), 2)?;
+    // 5 s per statement: a node's default `--db-timeout`.
+    let storage = Storage::connect(pg_config.clone(), 2, std::time::Duration::from_secs(5))?;
     storage.migrate().await?;
     let data_dir = DataDir::open(&dir.join("node"))?;
     let node = data_dir.node_id(None)?;

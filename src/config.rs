@@ -13,6 +13,12 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+/// The shortest and longest database timeouts Tally accepts: below 100 ms an ordinary flush
+/// statement on a busy server would be cut off; above 5 minutes a silent connection would hold
+/// the flush up far longer than the freshness bound.
+pub const DB_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
+
 /// The shortest and longest flush intervals Tally accepts (DESIGN.md section 4).
 pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(10));
@@ -131,6 +137,12 @@ pub struct DatabaseConfig {
     #[arg(long, env = "TALLY_DB_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
     pub db_pool_size: u32,
+
+    /// Longest wait for the answer to one database statement (100ms to 5m). A connection that
+    /// stays silent longer is dropped and the work retried on a new one.
+    #[arg(long, env = "TALLY_DB_TIMEOUT", default_value = "5s",
+          value_parser = parse_db_timeout, value_name = "DURATION")]
+    pub db_timeout: Duration,
 }
 
 /// Settings of `tally serve`.
@@ -316,6 +328,15 @@ fn parse_flush_interval(s: &str) -> Result<Duration, String> {
     let (min, max) = FLUSH_INTERVAL_RANGE;
     if d < min || d > max {
         return Err("must be between 10ms and 10s".into());
+    }
+    Ok(d)
+}
+
+fn parse_db_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 1m)"))?;
+    let (min, max) = DB_TIMEOUT_RANGE;
+    if d < min || d > max {
+        return Err("must be between 100ms and 5m".into());
     }
     Ok(d)
 }
@@ -553,6 +574,7 @@ mod tests {
         assert_eq!(s.max_journal_bytes, 4 << 30);
         assert_eq!(s.database.data_dir, PathBuf::from("./tally-data"));
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
+        assert_eq!(s.database.db_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -572,6 +594,17 @@ mod tests {
         }
         assert!(serve(&["--flush-interval", "10ms"]).is_ok());
         assert!(serve(&["--flush-interval", "10s"]).is_ok());
+    }
+
+    #[test]
+    fn db_timeout_is_a_duration_within_range() {
+        let s = serve(&["--db-timeout", "1s"]).unwrap();
+        assert_eq!(s.database.db_timeout, Duration::from_secs(1));
+        for bad in ["50ms", "6m", "never"] {
+            let err = serve(&["--db-timeout", bad]).unwrap_err().to_string();
+            assert!(err.contains("--db-timeout"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

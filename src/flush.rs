@@ -417,11 +417,13 @@ impl Flusher {
             self.metrics.flushed_rows.inc_by(work.keys() as u64);
         }
         let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
+        // One line per left-out delta, the only trace of it outside rejected_increments.
         for r in &outcome.rejected {
-            self.metrics.reject("total_out_of_range", 1);
+            self.metrics.reject(r.reason.label(), 1);
             tracing::warn!(
-                key = %r.key, delta = r.delta, batch, epoch,
-                "increment rejected: the total would leave the signed 64-bit range"
+                key = %r.key, delta = r.delta, batch, epoch, reason = r.reason.label(),
+                sqlstate = %r.sqlstate, message = %r.message,
+                "increment rejected: PostgreSQL refuses this key's delta for good; it is left out of the batch and recorded in rejected_increments"
             );
         }
         if failures > 0 {

@@ -177,6 +177,8 @@ impl IngestError {
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Journal(_) => "journal_failed",
             IngestError::OutcomeUnknown(_) => "outcome_unknown",
+            // Refused for good: answered 400, nothing applied, not a database outage.
+            IngestError::Storage(StorageError::Refused { .. }) => "refused_by_database",
             IngestError::Storage(_) => "database_unavailable",
         }
     }

@@ -25,14 +25,15 @@ pub mod storage;
 pub mod telemetry;
 
 /// The exit status for a failed run: 2 when Tally refused to start because of how it was
-/// configured or installed (fix the configuration and retry), 1 for anything else.
+/// configured or installed, or because of the database it was given (fix that and retry), 1
+/// for anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     let refused = e.chain().any(|cause| {
         cause.is::<config::ConfigError>()
             || cause.is::<node::DataDirError>()
             || matches!(
                 cause.downcast_ref::<storage::StorageError>(),
-                Some(storage::StorageError::NodeInUse(_))
+                Some(storage::StorageError::NodeInUse(_) | storage::StorageError::NotUtf8(_))
             )
             || matches!(
                 cause.downcast_ref::<storage::managed::ManagedError>(),
@@ -57,6 +58,8 @@ mod tests {
         );
         let locked = node::DataDirError::Locked("/srv/tally".into());
         assert_eq!(exit_code(&anyhow::Error::new(locked)), 2);
+        let latin1 = storage::StorageError::NotUtf8("LATIN1".into());
+        assert_eq!(exit_code(&anyhow::Error::new(latin1)), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("the HTTP server failed")), 1);
     }
 }

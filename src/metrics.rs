@@ -62,8 +62,10 @@ pub struct Metrics {
     /// Increments acknowledged to clients.
     pub increments_accepted: Counter,
     /// Increments refused, by reason: `invalid` (400 on input), `total_out_of_range`,
-    /// `pending_keys_full`, `journal_full`, `journal_failed`, `database_unavailable`,
-    /// `shutting_down`.
+    /// `refused_by_database` (a flush left a key's delta out), `pending_keys_full`,
+    /// `journal_full`, `journal_failed`, `outcome_unknown`, `database_unavailable`,
+    /// `shutting_down`. A delta a flush leaves out counts once, however many increments it
+    /// sums.
     pub increments_rejected: Family<ReasonLabel, Counter>,
     /// Flush attempts by outcome: `applied`, `already_applied` or `failed`.
     pub flushes: Family<OutcomeLabel, Counter>,

@@ -531,6 +531,38 @@ async fn totals_never_leave_the_64_bit_range() {
 }
 
 #[tokio::test]
+async fn in_sync_mode_a_key_the_database_refuses_for_good_is_a_400_not_a_503() {
+    let app = TestApp::spawn_with(&["--mode", "sync"]).await;
+    app.db_client()
+        .await
+        .batch_execute("ALTER TABLE counters ADD CONSTRAINT no_poison CHECK (key <> 'poison')")
+        .await
+        .unwrap();
+    let r = app
+        .post_json("/increment", r#"{"key": "poison", "value": 1}"#)
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "refused_by_database", None).await;
+    let r = app
+        .post_json(
+            "/increments",
+            r#"[{"key": "fine", "value": 1}, {"key": "poison", "value": 1}]"#,
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "refused_by_database", None).await;
+    assert_eq!(app.increment("fine", 2).await, StatusCode::OK);
+    assert_eq!(
+        app.db_totals().await,
+        vec![("fine".to_owned(), 2)],
+        "all or nothing"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"tally_increments_rejected_total{reason="refused_by_database"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_total_that_would_overflow_in_postgres_never_blocks_other_keys() {
     let app = TestApp::spawn().await;
     assert_eq!(app.increment("max", i64::MAX).await, StatusCode::ACCEPTED);

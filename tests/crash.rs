@@ -1,8 +1,8 @@
-//! Crash safety (DESIGN.md sections 1, 5, 6): real processes killed with SIGKILL, a crash
-//! between PostgreSQL's commit and the journal's cleanup, a torn journal tail, a commit whose
-//! answer is lost, PostgreSQL stopped under load, and the memory bounds. The check is always
-//! the ledger's: acknowledged <= total <= acknowledged + unknown, for every key.
-
+//! Crash safety and faults (DESIGN.md sections 1, 5, 6; FAULTS.md): real processes killed
+//! with SIGKILL, a crash between PostgreSQL's commit and the journal's cleanup, a torn journal
+//! tail, a commit whose answer is lost, PostgreSQL stopped under load, a database host that
+//! goes silent, a key the database refuses for good, and the memory bounds. The check is
+//! always the ledger's: acknowledged <= total <= acknowledged + unknown, for every key.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -266,20 +266,7 @@ async fn wait_for_status(http: &reqwest::Client, url: &str, want: StatusCode) {
 async fn a_lost_commit_answer_is_resolved_by_the_progress_row() {
     let db = fresh_database();
     let proxy = FaultProxy::start(Upstream::of(&db.config())).await;
-    let direct = db.config();
-    let mut through_proxy = tokio_postgres::Config::new();
-    through_proxy
-        .host("127.0.0.1")
-        .port(proxy.port)
-        .user(direct.get_user().unwrap())
-        .dbname(direct.get_dbname().unwrap());
-    if let Some(password) = direct.get_password() {
-        through_proxy.password(password);
-    }
-    let proxied = TestDatabase {
-        url: tally::storage::managed::to_connection_string(&through_proxy),
-        name: db.name.clone(),
-    };
+    let proxied = proxy.database(&db);
     let app = TestApp::spawn_on(
         proxied,
         tempfile::tempdir().unwrap(),
@@ -315,6 +302,230 @@ async fn a_lost_commit_answer_is_resolved_by_the_progress_row() {
     assert_eq!(
         db_totals(&db).await,
         (0..4).map(|i| (format!("k{i}"), 5)).collect::<Vec<_>>()
+    );
+}
+
+/// Sends one increment of 1 to each key in turn, one request at a time, and notes each in
+/// the ledger: acknowledged on a 2xx, unknown if the answer never came.
+async fn increment_each(http: &reqwest::Client, url: &str, keys: &[String], ledger: &mut Ledger) {
+    for key in keys {
+        let sent = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(json!({"key": key, "value": 1}).to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                *ledger.acknowledged.entry(key.clone()).or_default() += 1
+            }
+            Ok(r) => *ledger.refused.entry(r.status().as_u16()).or_default() += 1,
+            Err(_) => *ledger.unknown.entry(key.clone()).or_default() += 1,
+        }
+    }
+}
+
+/// Waits until PostgreSQL's totals equal what the ledger says was acknowledged, and returns
+/// how long that took; fails after `within`.
+async fn wait_for_exact_totals(db: &TestDatabase, ledger: &Ledger, within: Duration) -> Duration {
+    let expected: Vec<(String, i64)> = ledger.acknowledged.clone().into_iter().collect();
+    let started = Instant::now();
+    loop {
+        let totals = db_totals(db).await;
+        if totals == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "PostgreSQL did not reach the acknowledged totals within {within:?}:\n\
+             acknowledged {expected:?}\nPostgreSQL   {totals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `batch` field of the first JSON log line whose message starts with `message`.
+fn batch_of_first(log: &str, message: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .and_then(|v| v["batch"].as_u64())
+}
+
+/// FAULTS.md row 13: the database host vanishes without a reset. Its connections go silent (no
+/// answer, no error, no end of stream), so only a deadline can tell; a new connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_connection_is_abandoned_and_the_same_batch_is_retried_on_a_new_one() {
+    let db = fresh_database();
+    let proxy = FaultProxy::start(Upstream::of(&db.config())).await;
+    let proxied = proxy.database(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = tokio::task::block_in_place(|| {
+        TallyProcess::start(
+            dir.path(),
+            &["--flush-interval", "100ms", "--db-timeout", "1s"],
+            &[("DATABASE_URL", &proxied.url)],
+        )
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = node.url("/increment");
+    let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
+    let mut ledger = Ledger::default();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    wait_for_exact_totals(&db, &ledger, Duration::from_secs(10)).await;
+
+    // The host vanishes in the middle of a flush: its COMMIT never arrives, and the server
+    // side of that connection keeps its transaction open, holding the node's progress row and
+    // the keys' rows locked.
+    proxy.silence_at_next_commit();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.silenced_commits() == 0 {
+        assert!(Instant::now() < deadline, "no flush reached COMMIT");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    let mid_flush = wait_for_exact_totals(&db, &ledger, Duration::from_secs(10)).await;
+
+    // And again between two flushes, every connection open at that moment, the one the
+    // flusher opened to recover among them.
+    proxy.silence();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    let between_flushes = wait_for_exact_totals(&db, &ledger, Duration::from_secs(10)).await;
+    eprintln!(
+        "caught up {mid_flush:?} after the host vanished mid-flush, \
+         {between_flushes:?} after it vanished between flushes (--db-timeout 1s)"
+    );
+
+    node.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| node.wait(Duration::from_secs(30)));
+    let log = node.log();
+    assert!(status.success(), "{log}");
+    assert_eq!(ledger.unknown_total(), 0, "every request was answered");
+    assert!(ledger.refused.is_empty(), "{:?}", ledger.refused);
+    assert_eq!(ledger.acknowledged_total(), 16);
+    wait_for_exact_totals(&db, &ledger, Duration::ZERO).await;
+
+    // The batch whose COMMIT was swallowed is the one retried, under its own number.
+    let failed = batch_of_first(&log, "flush failed; retrying the same batch");
+    let recovered = batch_of_first(&log, "flush succeeded after failing");
+    assert!(failed.is_some(), "a flush failed:\n{log}");
+    assert_eq!(
+        failed, recovered,
+        "the failed batch is the one that succeeded:\n{log}"
+    );
+}
+
+/// FAULTS.md row 15: an error no retry can fix. An operator's constraint refuses one key;
+/// that key is left out and recorded, and the rest of its batch, and every later batch,
+/// commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_database_refuses_for_good_is_left_out_and_the_rest_of_its_batch_commits() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = tokio::task::block_in_place(|| {
+        TallyProcess::start(
+            dir.path(),
+            &["--flush-interval", "100ms"],
+            &[("DATABASE_URL", &db.url)],
+        )
+    });
+    let sql = common::app::connect(&db).await;
+    sql.batch_execute("ALTER TABLE counters ADD CONSTRAINT no_poison CHECK (key <> 'poison')")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let post = |body: &'static str| {
+        http.post(node.url("/increments"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // One request, so one batch: keys on both sides of the poison one in sort order.
+    let r = post(r#"[{"key": "apple", "value": 1}, {"key": "poison", "value": 5}, {"key": "zebra", "value": 2}]"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let expected = [("apple".to_owned(), 1), ("zebra".to_owned(), 2)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db_totals(&db).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the other keys of the batch never committed; PostgreSQL has {:?}",
+            db_totals(&db).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Later batches keep flushing, and the key is refused again each time it comes.
+    let r = post(r#"[{"key": "apple", "value": 3}, {"key": "poison", "value": 1}]"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let expected = [("apple".to_owned(), 4), ("zebra".to_owned(), 2)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db_totals(&db).await != expected {
+        assert!(Instant::now() < deadline, "a later batch never committed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let rows = sql
+        .query(
+            "SELECT key, delta, reason, sqlstate, message FROM rejected_increments ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rejected: Vec<(String, i64, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    for ((key, delta, reason, sqlstate, message), want) in rejected.iter().zip([5, 1]) {
+        assert_eq!((key.as_str(), *delta), ("poison", want));
+        assert_eq!(reason, "refused_by_database");
+        assert_eq!(sqlstate, "23514", "check_violation");
+        assert!(message.contains("no_poison"), "{message}");
+    }
+    let metrics = http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tally_increments_rejected_total{reason="refused_by_database"} 2"#),
+        "{metrics}"
+    );
+
+    node.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| node.wait(Duration::from_secs(30)));
+    let log = node.log();
+    assert!(status.success(), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("increment rejected"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one line per rejected delta:\n{log}");
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("poison") && l.contains("23514") && l.contains("no_poison")),
+        "the line names the key, the SQLSTATE and the message:\n{log}"
+    );
+    assert!(
+        !log.contains("flush failed"),
+        "a refused key is not a failed flush:\n{log}"
     );
 }
 

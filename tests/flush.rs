@@ -259,3 +259,142 @@ async fn a_batch_larger_than_one_statement_is_written_in_chunks() {
             .all(|(i, (k, v))| *k == format!("chunk-{i:05}") && *v == i as i64 + 1)
     );
 }
+
+#[tokio::test]
+async fn keys_the_database_refuses_are_left_out_of_a_batch_of_several_chunks() {
+    let app = TestApp::spawn_with(&[
+        "--flush-interval",
+        "10s",
+        "--max-batch",
+        "5000",
+        "--max-body-bytes",
+        "1048576",
+    ])
+    .await;
+    let keys = 25_000; // three statements' worth of rows
+    let key = |i: usize| format!("chunk-{i:05}");
+    let refused = [0, 12_345, 12_346, keys - 1]; // first, two neighbours, last
+    let sql = app.db_client().await;
+    let banned: Vec<String> = refused.iter().map(|&i| format!("'{}'", key(i))).collect();
+    sql.batch_execute(&format!(
+        "ALTER TABLE counters ADD CONSTRAINT banned CHECK (key NOT IN ({}));
+         INSERT INTO counters (key, value) VALUES ('{}', {});",
+        banned.join(", "),
+        key(7_000),
+        i64::MAX
+    ))
+    .await
+    .unwrap();
+
+    for start in (0..keys).step_by(5000) {
+        let items: Vec<_> = (start..start + 5000)
+            .map(|i| json!({"key": key(i), "value": i + 1}))
+            .collect();
+        let r = app
+            .post_json("/increments", serde_json::to_string(&items).unwrap())
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let db = app.db.clone();
+    let started = std::time::Instant::now();
+    app.stop().await.unwrap(); // one final flush: one batch of 25,000 keys
+    eprintln!(
+        "a batch of {keys} keys with {} refused and 1 out of range took {:?} to stop",
+        refused.len(),
+        started.elapsed()
+    );
+
+    let totals = db_totals(&db).await;
+    let expected: Vec<(String, i64)> = (0..keys)
+        .filter(|i| !refused.contains(i))
+        .map(|i| {
+            let total = if i == 7_000 { i64::MAX } else { i as i64 + 1 };
+            (key(i), total)
+        })
+        .collect();
+    assert_eq!(totals.len(), expected.len());
+    assert!(totals == expected, "every key but the refused ones, once");
+
+    let rows = common::app::connect(&db)
+        .await
+        .query(
+            "SELECT key, delta, reason, sqlstate FROM rejected_increments ORDER BY key",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rejected: Vec<(String, i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let mut want: Vec<(String, i64, String, String)> = refused
+        .iter()
+        .map(|&i| {
+            let reason = "refused_by_database".to_owned();
+            (key(i), i as i64 + 1, reason, "23514".to_owned())
+        })
+        .collect();
+    want.push((
+        key(7_000),
+        7_001,
+        "total_out_of_range".into(),
+        "22003".into(),
+    ));
+    want.sort();
+    assert_eq!(rejected, want);
+}
+
+/// What a flush-time overflow drops, exactly: the key's delta in the batch is one sum, and it
+/// is left out whole, even the increments of it that alone would have fit.
+#[tokio::test]
+async fn a_flush_time_overflow_drops_the_keys_whole_delta_in_the_batch() {
+    let app = TestApp::spawn_with(&["--flush-interval", "10s"]).await;
+    let near_max = i64::MAX - 10;
+    app.db_client()
+        .await
+        .execute(
+            "INSERT INTO counters (key, value) VALUES ('near-max', $1)",
+            &[&near_max],
+        )
+        .await
+        .unwrap();
+    // One request, so one batch: 5 alone would fit, 5 + 10 does not.
+    let r = app
+        .post_json(
+            "/increments",
+            r#"[{"key": "near-max", "value": 5}, {"key": "near-max", "value": 10},
+                {"key": "other", "value": 1}]"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let db = app.db.clone();
+    app.stop().await.unwrap();
+
+    assert_eq!(
+        db_totals(&db).await,
+        vec![("near-max".to_owned(), near_max), ("other".to_owned(), 1)],
+        "the whole delta of the batch is left out, never a part of it"
+    );
+    let rows = common::app::connect(&db)
+        .await
+        .query(
+            "SELECT key, delta, reason, sqlstate FROM rejected_increments",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rejected: Vec<(String, i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![(
+            "near-max".to_owned(),
+            15,
+            "total_out_of_range".to_owned(),
+            "22003".to_owned()
+        )],
+        "one row holding the batch's sum for the key"
+    );
+}

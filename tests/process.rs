@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::postgres::{DedicatedCluster, dedicated_cluster, fresh_database, process_is_running};
+use common::postgres::{
+    DedicatedCluster, dedicated_cluster, fresh_database, fresh_database_with, process_is_running,
+};
 use common::process::{TallyProcess, tally_command};
 
 fn post_increment(
@@ -675,4 +677,45 @@ fn a_second_signal_during_the_drain_delay_stops_waiting_for_requests_in_flight()
         tally.log()
     );
     assert_eq!(totals(&db.url), vec![("k".to_owned(), 1)]);
+}
+
+/// FAULTS.md row 15: a database that cannot store every key Tally accepts would fail a flush
+/// for good, so it is refused at start, before anything is acknowledged.
+#[test]
+fn a_database_whose_encoding_is_not_utf8_is_refused_at_start() {
+    let db =
+        fresh_database_with("ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = tally_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("DATABASE_URL", &db.url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tally kept running on a LATIN1 database; its log:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("encoding") && stderr.contains("LATIN1") && stderr.contains("UTF8"),
+        "{stderr}"
+    );
 }

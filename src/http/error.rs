@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::body::ShapeError;
 use crate::increment::RuleViolation;
 use crate::ingest::IngestError;
+use crate::storage::StorageError;
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_SECONDS: u32 = 1;
@@ -246,6 +247,17 @@ impl From<IngestError> for ApiError {
                     "the node failed while taking this request and cannot tell whether it will be counted; do not retry it blindly",
                 )
             }
+            // A sync-mode increment PostgreSQL refuses for good (an operator's constraint,
+            // say): nothing was applied, and a retry would be refused again, so it is the
+            // client's to change, not a 503 to retry.
+            IngestError::Storage(StorageError::Refused { sqlstate, .. }) => ApiError::bad_request(
+                "refused_by_database",
+                format!(
+                    "the database refuses this increment (SQLSTATE {sqlstate}); \
+                         retrying it will not help"
+                ),
+                None,
+            ),
             IngestError::Storage(e) => {
                 tracing::warn!(error = %e, "request failed on the database");
                 ApiError::unavailable(

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use super::{Storage, StorageError, batch_seq, stored_seq};
+use super::{Storage, StorageError, batch_seq, bounded, stored_seq};
 use crate::node::NodeId;
 use crate::pending::BatchSeq;
 
@@ -86,31 +86,40 @@ impl Storage {
     /// owner's. From then on no other process can flush under the id.
     pub async fn claim_node(&self, node: &NodeId, above: u64) -> Result<NodeClaim, StorageError> {
         let mut client = self.lock_node(node).await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
-            &[&node.as_str()],
+        let limit = self.timeout;
+        let tx = bounded(limit, client.transaction()).await?;
+        bounded(
+            limit,
+            tx.execute(
+                "INSERT INTO tally_nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING",
+                &[&node.as_str()],
+            ),
         )
         .await?;
         // The incarnation column is what processes of earlier versions check: a new value
         // fences them too.
-        let epoch: i64 = tx
-            .query_one(
+        let epoch: i64 = bounded(
+            limit,
+            tx.query_one(
                 "UPDATE tally_nodes
                  SET epoch = GREATEST(epoch, $2) + 1, incarnation = 'epoch ' || (GREATEST(epoch, $2) + 1),
                      updated_at = now()
                  WHERE node_id = $1
                  RETURNING epoch",
                 &[&node.as_str(), &stored_seq(above)],
-            )
-            .await?
-            .get(0);
-        tx.execute(
-            "INSERT INTO tally_epochs (node_id, epoch) VALUES ($1, $2)",
-            &[&node.as_str(), &epoch],
+            ),
+        )
+        .await?
+        .get(0);
+        bounded(
+            limit,
+            tx.execute(
+                "INSERT INTO tally_epochs (node_id, epoch) VALUES ($1, $2)",
+                &[&node.as_str(), &epoch],
+            ),
         )
         .await?;
-        tx.commit().await?;
+        bounded(limit, tx.commit()).await?;
         let keeper = tokio::spawn(keep_claim(self.clone(), node.clone(), client));
         Ok(NodeClaim {
             owner: Owner {
@@ -128,47 +137,57 @@ impl Storage {
         node: &NodeId,
         epochs: &BTreeSet<u64>,
     ) -> Result<Applied, StorageError> {
-        let client = self.pool.get().await?;
         let epochs: Vec<i64> = epochs.iter().map(|&e| stored_seq(e)).collect();
-        let mut applied = Applied::default();
-        for row in client
-            .query(
+        let node = node.as_str();
+        self.with_client(async |client, limit| {
+            let mut applied = Applied::default();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&node, &epochs];
+            let own = client.query(
                 "SELECT epoch, last_batch FROM tally_epochs WHERE node_id = $1 AND epoch = ANY($2)
                  UNION ALL
                  SELECT 0, last_batch FROM tally_nodes WHERE node_id = $1",
-                &[&node.as_str(), &epochs],
-            )
-            .await?
-        {
-            let (epoch, batch): (i64, i64) = (row.get(0), row.get(1));
-            applied.own.insert(batch_seq(epoch), batch_seq(batch));
-        }
-        for row in client
-            .query(
+                &params,
+            );
+            for row in bounded(limit, own).await? {
+                let (epoch, batch): (i64, i64) = (row.get(0), row.get(1));
+                applied.own.insert(batch_seq(epoch), batch_seq(batch));
+            }
+            let replayed = client.query(
                 "SELECT epoch, batch, last_lsn FROM tally_replays WHERE node_id = $1 AND epoch = ANY($2)",
-                &[&node.as_str(), &epochs],
-            )
-            .await?
-        {
-            let (epoch, batch, lsn): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            applied
-                .replayed
-                .insert((batch_seq(epoch), batch_seq(batch)), batch_seq(lsn));
-        }
-        Ok(applied)
+                &params,
+            );
+            for row in bounded(limit, replayed).await? {
+                let (epoch, batch, lsn): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                applied
+                    .replayed
+                    .insert((batch_seq(epoch), batch_seq(batch)), batch_seq(lsn));
+            }
+            Ok(applied)
+        })
+        .await
     }
 
-    /// A new connection holding the node's advisory lock.
+    /// A new connection holding the node's advisory lock. It has the pool's connection
+    /// settings (keepalives included), and its statements the same bound.
     async fn lock_node(&self, node: &NodeId) -> Result<tokio_postgres::Client, StorageError> {
         let (client, connection) = self.config.connect(NoTls).await?;
         let closed = tokio::spawn(connection);
-        let locked: bool = client
-            .query_one(
+        let locked = bounded(
+            self.timeout,
+            client.query_one(
                 "SELECT pg_try_advisory_lock(hashtextextended('tally-node:' || $1, 0))",
                 &[&node.as_str()],
-            )
-            .await?
-            .get(0);
+            ),
+        )
+        .await;
+        let locked: bool = match locked {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                // Close the connection now: it may be silent for good.
+                closed.abort();
+                return Err(e);
+            }
+        };
         if !locked {
             closed.abort();
             return Err(StorageError::NodeInUse(node.to_string()));

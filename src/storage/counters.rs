@@ -1,8 +1,19 @@
 //! The SQL of the `counters` table: flush batches, synchronous increments, reads.
+//!
+//! A flush batch is written in one transaction: its progress ([`advance_progress`]: the
+//! node's epoch for a batch this process cut, the replay record for a batch of an earlier
+//! epoch rebuilt from the journal), then the deltas, one upsert per chunk of sorted keys. When
+//! PostgreSQL refuses a chunk's data for good (an error a retry cannot fix: a total out of
+//! range, an operator's constraint), the batch is written again isolating the keys it refuses:
+//! each chunk under a savepoint, halved on refusal down to single keys, and a single key still
+//! refused is left out and recorded in `rejected_increments`. Everything else of the batch
+//! commits, in the same transaction as the progress row.
+
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use super::{Owner, Storage, StorageError, batch_seq, stored_seq};
+use super::{Owner, Storage, StorageError, batch_seq, bounded, stored_seq};
 use crate::pending::BatchSeq;
 
 /// Most rows one upsert statement carries, so no statement grows without bound however many
@@ -20,7 +31,8 @@ const UPSERT: &str = "
 
 /// Like [`UPSERT`], but leaves out the keys whose total would leave the signed 64-bit range and
 /// returns them instead. It reads each row once more, so it is only used for a batch that the
-/// plain statement refused.
+/// plain statement refused. Finding overflowing keys in one pass spares the bisection of
+/// [`upsert_isolating`] for them.
 const UPSERT_CHECKED: &str = "
     WITH input AS (
         SELECT i.key, i.delta,
@@ -42,15 +54,67 @@ pub struct BatchOutcome {
     /// False when PostgreSQL had already applied this batch (a retry after a commit whose
     /// answer was lost): nothing was written this time.
     pub applied: bool,
-    /// Deltas left out because their key's total would leave the 64-bit range.
+    /// Deltas left out, each a key's whole delta in this batch, because PostgreSQL refuses it
+    /// for good; they are recorded in `rejected_increments` in the same transaction.
     pub rejected: Vec<Rejected>,
 }
 
-/// A delta a flush could not apply.
+/// A key's delta a flush left out: the sum of that key's increments in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     pub key: String,
     pub delta: i64,
+    pub reason: RejectReason,
+    /// The SQLSTATE of PostgreSQL's refusal (`22003` for a total out of range).
+    pub sqlstate: String,
+    /// PostgreSQL's message, or Tally's for a total its own check found out of range.
+    pub message: String,
+}
+
+/// Why a delta was left out: the `reason` of `rejected_increments` and of the
+/// `tally_increments_rejected_total` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The key's total would leave the signed 64-bit range.
+    TotalOutOfRange,
+    /// PostgreSQL refused the key's data otherwise (an operator's constraint, say).
+    RefusedByDatabase,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::TotalOutOfRange => "total_out_of_range",
+            RejectReason::RefusedByDatabase => "refused_by_database",
+        }
+    }
+}
+
+impl Rejected {
+    fn out_of_range(key: String, delta: i64) -> Rejected {
+        Rejected {
+            key,
+            delta,
+            reason: RejectReason::TotalOutOfRange,
+            sqlstate: SqlState::NUMERIC_VALUE_OUT_OF_RANGE.code().to_owned(),
+            message: "the total would leave the signed 64-bit range".to_owned(),
+        }
+    }
+
+    fn refused(key: &str, delta: i64, sqlstate: String, message: String) -> Rejected {
+        let reason = if sqlstate == SqlState::NUMERIC_VALUE_OUT_OF_RANGE.code() {
+            RejectReason::TotalOutOfRange
+        } else {
+            RejectReason::RefusedByDatabase
+        };
+        Rejected {
+            key: key.to_owned(),
+            delta,
+            reason,
+            sqlstate,
+            message,
+        }
+    }
 }
 
 /// A batch of an earlier epoch, rebuilt from the journal by a later process: the sums of its
@@ -69,25 +133,25 @@ pub struct Replay {
 
 /// Which batch a transaction applies, and so how its progress is checked and recorded.
 #[derive(Clone, Copy)]
-enum Progress<'a> {
+enum BatchId<'a> {
     /// A batch this process cut: `tally_epochs.last_batch` of its own epoch.
     Live(BatchSeq),
     /// A batch of an earlier epoch: `tally_replays`.
     Replay(&'a Replay),
 }
 
-impl Progress<'_> {
+impl BatchId<'_> {
     fn epoch(&self, owner: &Owner) -> u64 {
         match self {
-            Progress::Live(_) => owner.epoch,
-            Progress::Replay(r) => r.epoch,
+            BatchId::Live(_) => owner.epoch,
+            BatchId::Replay(r) => r.epoch,
         }
     }
 
     fn batch(&self) -> BatchSeq {
         match self {
-            Progress::Live(batch) => *batch,
-            Progress::Replay(r) => r.batch,
+            BatchId::Live(batch) => *batch,
+            BatchId::Replay(r) => r.batch,
         }
     }
 }
@@ -105,7 +169,7 @@ impl Storage {
         batch: BatchSeq,
         deltas: &[(Box<str>, i64)],
     ) -> Result<BatchOutcome, StorageError> {
-        self.apply(owner, Progress::Live(batch), deltas).await
+        self.apply(owner, BatchId::Live(batch), deltas).await
     }
 
     /// Applies a batch of an earlier epoch rebuilt from the journal, once and only once: the
@@ -117,80 +181,97 @@ impl Storage {
         owner: &Owner,
         replay: &Replay,
     ) -> Result<BatchOutcome, StorageError> {
-        self.apply(owner, Progress::Replay(replay), &replay.deltas)
+        self.apply(owner, BatchId::Replay(replay), &replay.deltas)
             .await
     }
 
     async fn apply(
         &self,
         owner: &Owner,
-        progress: Progress<'_>,
+        id: BatchId<'_>,
         deltas: &[(Box<str>, i64)],
     ) -> Result<BatchOutcome, StorageError> {
         debug_assert!(
             deltas.windows(2).all(|w| w[0].0 < w[1].0),
             "sorted, unique keys"
         );
-        let mut client = self.pool.get().await?;
-        match apply_batch_in(&mut client, owner, progress, deltas, false).await {
-            Err(StorageError::OutOfRange { .. }) => {
-                apply_batch_in(&mut client, owner, progress, deltas, true).await
+        self.with_client(async |client, limit| {
+            match apply_batch_in(client, limit, owner, id, deltas, Chunks::Plain).await? {
+                Some(outcome) => Ok(outcome),
+                None => apply_batch_in(client, limit, owner, id, deltas, Chunks::Isolating)
+                    .await?
+                    .ok_or_else(|| {
+                        StorageError::Invariant("a refusal escaped key isolation".into())
+                    }),
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     /// Adds one increment in its own transaction and returns the new total.
     pub async fn increment(&self, key: &str, value: i64) -> Result<i64, StorageError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO counters AS c (key, value, updated_at) VALUES ($1, $2, now())
-                 ON CONFLICT (key) DO UPDATE
-                 SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
-                 RETURNING value",
+        self.with_client(async |client, limit| {
+            let statement = bounded(
+                limit,
+                client.prepare_cached(
+                    "INSERT INTO counters AS c (key, value, updated_at) VALUES ($1, $2, now())
+                     ON CONFLICT (key) DO UPDATE
+                     SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
+                     RETURNING value",
+                ),
             )
             .await?;
-        match client.query_one(&statement, &[&key, &value]).await {
-            Ok(row) => Ok(row.get(0)),
-            Err(e) if is_out_of_range(&e) => Err(StorageError::OutOfRange {
-                key: Some(key.to_owned()),
-            }),
-            Err(e) => Err(e.into()),
-        }
+            match tokio::time::timeout(limit, client.query_one(&statement, &[&key, &value])).await {
+                Err(_) => Err(StorageError::TimedOut(limit)),
+                Ok(Ok(row)) => Ok(row.get(0)),
+                Ok(Err(e)) if is_out_of_range(&e) => Err(StorageError::OutOfRange {
+                    key: Some(key.to_owned()),
+                }),
+                Ok(Err(e)) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Adds several increments in one statement: all or none. `deltas` must be sorted by key,
     /// each key once.
     pub async fn increment_all(&self, deltas: &[(&str, i64)]) -> Result<(), StorageError> {
-        let mut client = self.pool.get().await?;
         let (keys, values): (Vec<&str>, Vec<i64>) = deltas.iter().copied().unzip();
-        match client.execute(UPSERT, &[&keys, &values]).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_out_of_range(&e) => {
-                // Name the key: the checked statement finds it (its writes are rolled back).
-                let key = async {
-                    let tx = client.transaction().await.ok()?;
-                    let rows = tx.query(UPSERT_CHECKED, &[&keys, &values]).await.ok()?;
-                    rows.first().map(|r| r.get::<_, String>(0))
+        self.with_client(async |client, limit| {
+            match tokio::time::timeout(limit, client.execute(UPSERT, &[&keys, &values])).await {
+                Err(_) => Err(StorageError::TimedOut(limit)),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) if is_out_of_range(&e) => {
+                    // Name the key: the checked statement finds it (its writes are rolled
+                    // back). Without an answer in time, the refusal stands without a name.
+                    let key = async {
+                        let tx = bounded(limit, client.transaction()).await.ok()?;
+                        let rows = bounded(limit, tx.query(UPSERT_CHECKED, &[&keys, &values]))
+                            .await
+                            .ok()?;
+                        rows.first().map(|r| r.get::<_, String>(0))
+                    }
+                    .await;
+                    Err(StorageError::OutOfRange { key })
                 }
-                .await;
-                Err(StorageError::OutOfRange { key })
+                Ok(Err(e)) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     /// The persisted total of `key`.
     pub async fn counter(&self, key: &str) -> Result<Option<i64>, StorageError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached("SELECT value FROM counters WHERE key = $1")
+        self.with_client(async |client, limit| {
+            let statement = bounded(
+                limit,
+                client.prepare_cached("SELECT value FROM counters WHERE key = $1"),
+            )
             .await?;
-        Ok(client
-            .query_opt(&statement, &[&key])
-            .await?
-            .map(|r| r.get(0)))
+            let row = bounded(limit, client.query_opt(&statement, &[&key])).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
     }
 
     /// The persisted total of `key` and the last batch `owner`'s epoch applied, read from one
@@ -200,18 +281,19 @@ impl Storage {
         key: &str,
         owner: &Owner,
     ) -> Result<(Option<i64>, BatchSeq), StorageError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT (SELECT value FROM counters WHERE key = $1),
-                        (SELECT last_batch FROM tally_epochs WHERE node_id = $2 AND epoch = $3)",
-            )
-            .await?;
-        let row = client
-            .query_one(
-                &statement,
-                &[&key, &owner.node.as_str(), &stored_seq(owner.epoch)],
-            )
+        let (node, epoch) = (owner.node.as_str(), stored_seq(owner.epoch));
+        let row = self
+            .with_client(async |client, limit| {
+                let statement = bounded(
+                    limit,
+                    client.prepare_cached(
+                        "SELECT (SELECT value FROM counters WHERE key = $1),
+                                (SELECT last_batch FROM tally_epochs WHERE node_id = $2 AND epoch = $3)",
+                    ),
+                )
+                .await?;
+                bounded(limit, client.query_one(&statement, &[&key, &node, &epoch])).await
+            })
             .await?;
         let progress: Option<i64> = row.get(1);
         let progress = progress.ok_or_else(|| no_epoch_row(owner))?;
@@ -226,21 +308,167 @@ fn no_epoch_row(owner: &Owner) -> StorageError {
     ))
 }
 
-/// Checks, at the start of a batch's transaction, that this process still owns the node id
-/// and that PostgreSQL does not have the batch yet. Returns false when it has it.
-///
-/// FOR UPDATE of the node's row: a twin process flushing under the same node id serialises
-/// here, and the owner's epoch tells which of the two may write.
-async fn check_progress(
-    tx: &deadpool_postgres::Transaction<'_>,
+/// How a batch's chunks are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunks {
+    /// One plain upsert per chunk: the common case, and the cheapest. A chunk whose data
+    /// PostgreSQL refuses ends the attempt.
+    Plain,
+    /// Each chunk under a savepoint, halved on refusal down to single keys
+    /// ([`upsert_isolating`]): for a batch that [`Chunks::Plain`] could not write.
+    Isolating,
+}
+
+/// Writes the batch in one transaction, each statement waiting at most `limit` for its answer.
+/// `None` when PostgreSQL refused a chunk's data in [`Chunks::Plain`] (the transaction is
+/// rolled back): the caller writes the batch again isolating the refused keys.
+async fn apply_batch_in(
+    client: &mut deadpool_postgres::Object,
+    limit: Duration,
     owner: &Owner,
-    progress: Progress<'_>,
-) -> Result<bool, StorageError> {
+    id: BatchId<'_>,
+    deltas: &[(Box<str>, i64)],
+    chunks: Chunks,
+) -> Result<Option<BatchOutcome>, StorageError> {
+    let tx = bounded(limit, client.transaction()).await?;
+    // The same bound on the server's side: should this process stop talking mid-flush (its
+    // connection silent, then closed by it), the server cancels the statement and ends the
+    // idle transaction, releasing the rows it locked, instead of holding them until TCP
+    // notices, which can take hours. Another node's flush may be waiting for those rows.
+    let millis = limit.as_millis();
+    bounded(
+        limit,
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {millis}; \
+             SET LOCAL idle_in_transaction_session_timeout = {millis}"
+        )),
+    )
+    .await?;
+    if advance_progress(&tx, limit, owner, id).await? == Progress::AlreadyApplied {
+        return Ok(Some(BatchOutcome::default()));
+    }
+
+    let mut rejected = Vec::new();
+    for chunk in deltas.chunks(CHUNK_ROWS) {
+        match chunks {
+            Chunks::Plain => match upsert(&tx, limit, chunk).await {
+                Ok(()) => {}
+                Err(StorageError::Refused { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            Chunks::Isolating => upsert_isolating(&tx, limit, chunk, &mut rejected).await?,
+        }
+    }
+    if !rejected.is_empty() {
+        record_rejections(&tx, limit, owner, id, &rejected).await?;
+    }
+    bounded(limit, tx.commit()).await?;
+    Ok(Some(BatchOutcome {
+        applied: true,
+        rejected,
+    }))
+}
+
+fn keys_and_values(deltas: &[(Box<str>, i64)]) -> (Vec<&str>, Vec<i64>) {
+    deltas.iter().map(|(k, d)| (&**k, *d)).unzip()
+}
+
+/// Adds a chunk's deltas with [`UPSERT`].
+async fn upsert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    chunk: &[(Box<str>, i64)],
+) -> Result<(), StorageError> {
+    let (keys, values) = keys_and_values(chunk);
+    bounded(limit, tx.execute(UPSERT, &[&keys, &values])).await?;
+    Ok(())
+}
+
+/// Adds a chunk's deltas leaving out, into `rejected`, every key whose data PostgreSQL
+/// refuses for good ([`StorageError::Refused`]).
+///
+/// Keys whose total would leave the 64-bit range are left out by [`UPSERT_CHECKED`] in one
+/// pass. For any other refusal the part that failed is rolled back to its savepoint and
+/// written again as two halves, down to single keys: a single key still refused is left out.
+/// Parts are written left to right, so rows are still locked in key order (rolling back to a
+/// savepoint releases the row locks taken since), and two nodes still cannot deadlock.
+/// Each refused key costs about two statements per halving, so a chunk of 10,000 keys with
+/// one refused key takes some 30 statements: cheap for what should be rare.
+async fn upsert_isolating(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    chunk: &[(Box<str>, i64)],
+    rejected: &mut Vec<Rejected>,
+) -> Result<(), StorageError> {
+    // The parts still to write, the next one last.
+    let mut parts = vec![chunk];
+    while let Some(part) = parts.pop() {
+        bounded(limit, tx.batch_execute("SAVEPOINT isolate")).await?;
+        let (keys, values) = keys_and_values(part);
+        match bounded(limit, tx.query(UPSERT_CHECKED, &[&keys, &values])).await {
+            Ok(rows) => {
+                bounded(limit, tx.batch_execute("RELEASE SAVEPOINT isolate")).await?;
+                rejected.extend(
+                    rows.iter()
+                        .map(|row| Rejected::out_of_range(row.get(0), row.get(1))),
+                );
+            }
+            Err(StorageError::Refused { sqlstate, message }) => {
+                bounded(
+                    limit,
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate"),
+                )
+                .await?;
+                match part {
+                    [(key, delta)] => {
+                        rejected.push(Rejected::refused(key, *delta, sqlstate, message));
+                    }
+                    _ => {
+                        let (left, right) = part.split_at(part.len() / 2);
+                        parts.push(right);
+                        parts.push(left);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a batch is to be written.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// The batch's progress now names it; the caller writes its deltas in the same
+    /// transaction, or rolls it all back.
+    Advanced,
+    /// PostgreSQL already has this batch (a retry after a commit whose answer was lost, or a
+    /// replay whose records it already took). Nothing is to be written.
+    AlreadyApplied,
+}
+
+/// The exactly-once gate of a flush, all of it: checks and advances the batch's progress
+/// inside its transaction, before any delta is written.
+///
+/// The node's row is locked `FOR UPDATE`, so a twin process flushing under the same node id
+/// waits here, and the owner's epoch tells which of the two may write
+/// ([`StorageError::Fenced`] for the other). A batch this process cut is applied unless its
+/// epoch's `last_batch` covers it; a batch of an earlier epoch unless that epoch applied it
+/// itself or a replay took its records up to `last_lsn`. The progress is then set to this
+/// batch at once: it commits with the deltas or not at all, so advancing it before writing
+/// them changes nothing for any reader.
+async fn advance_progress(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    owner: &Owner,
+    id: BatchId<'_>,
+) -> Result<Progress, StorageError> {
     let node = owner.node.as_str();
-    let epoch = stored_seq(progress.epoch(owner));
-    let batch = stored_seq(progress.batch());
-    let row = tx
-        .query_opt(
+    let epoch = stored_seq(id.epoch(owner));
+    let batch = stored_seq(id.batch());
+    let row = bounded(
+        limit,
+        tx.query_opt(
             "SELECT n.epoch,
                     CASE WHEN $2 = 0 THEN n.last_batch ELSE e.last_batch END,
                     r.last_lsn
@@ -250,23 +478,35 @@ async fn check_progress(
              WHERE n.node_id = $1
              FOR UPDATE OF n",
             &[&node, &epoch, &batch],
-        )
-        .await?
-        .ok_or_else(|| StorageError::Invariant(format!("node {node} has no row")))?;
+        ),
+    )
+    .await?
+    .ok_or_else(|| StorageError::Invariant(format!("node {node} has no row")))?;
     let (owner_epoch, own, replayed): (i64, Option<i64>, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
     if batch_seq(owner_epoch) != owner.epoch {
         return Err(StorageError::Fenced(node.to_owned()));
     }
-    match progress {
-        Progress::Live(batch) => {
+    match id {
+        BatchId::Live(seq) => {
             let own = own.ok_or_else(|| no_epoch_row(owner))?;
-            Ok(batch_seq(own) < batch)
+            if batch_seq(own) >= seq {
+                return Ok(Progress::AlreadyApplied);
+            }
+            bounded(
+                limit,
+                tx.execute(
+                    "UPDATE tally_epochs SET last_batch = $3, updated_at = now()
+                     WHERE node_id = $1 AND epoch = $2",
+                    &[&node, &epoch, &batch],
+                ),
+            )
+            .await?;
         }
-        Progress::Replay(r) => {
+        BatchId::Replay(r) => {
             let replayed = batch_seq(replayed.unwrap_or(0));
             if batch_seq(own.unwrap_or(0)) >= r.batch || replayed >= r.last_lsn {
-                return Ok(false);
+                return Ok(Progress::AlreadyApplied);
             }
             if replayed != r.after_lsn {
                 return Err(StorageError::Invariant(format!(
@@ -274,108 +514,53 @@ async fn check_progress(
                     r.batch, r.epoch, r.after_lsn
                 )));
             }
-            Ok(true)
-        }
-    }
-}
-
-/// Records, in the batch's transaction, that PostgreSQL now has it.
-async fn record_progress(
-    tx: &deadpool_postgres::Transaction<'_>,
-    owner: &Owner,
-    progress: Progress<'_>,
-) -> Result<(), StorageError> {
-    let node = owner.node.as_str();
-    match progress {
-        Progress::Live(batch) => {
-            tx.execute(
-                "UPDATE tally_epochs SET last_batch = $3, updated_at = now()
-                 WHERE node_id = $1 AND epoch = $2",
-                &[&node, &stored_seq(owner.epoch), &stored_seq(batch)],
-            )
-            .await?;
-        }
-        Progress::Replay(r) => {
-            tx.execute(
-                "INSERT INTO tally_replays (node_id, epoch, batch, last_lsn) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (node_id, epoch, batch)
-                 DO UPDATE SET last_lsn = EXCLUDED.last_lsn, replayed_at = now()",
-                &[
-                    &node,
-                    &stored_seq(r.epoch),
-                    &stored_seq(r.batch),
-                    &stored_seq(r.last_lsn),
-                ],
+            bounded(
+                limit,
+                tx.execute(
+                    "INSERT INTO tally_replays (node_id, epoch, batch, last_lsn)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (node_id, epoch, batch)
+                     DO UPDATE SET last_lsn = EXCLUDED.last_lsn, replayed_at = now()",
+                    &[&node, &epoch, &batch, &stored_seq(r.last_lsn)],
+                ),
             )
             .await?;
         }
     }
-    Ok(())
-}
-
-async fn apply_batch_in(
-    client: &mut deadpool_postgres::Object,
-    owner: &Owner,
-    progress: Progress<'_>,
-    deltas: &[(Box<str>, i64)],
-    checked: bool,
-) -> Result<BatchOutcome, StorageError> {
-    let tx = client.transaction().await?;
-    if !check_progress(&tx, owner, progress).await? {
-        return Ok(BatchOutcome::default());
-    }
-
-    let mut rejected = Vec::new();
-    for chunk in deltas.chunks(CHUNK_ROWS) {
-        let keys: Vec<&str> = chunk.iter().map(|(k, _)| &**k).collect();
-        let values: Vec<i64> = chunk.iter().map(|(_, d)| *d).collect();
-        if checked {
-            for row in tx.query(UPSERT_CHECKED, &[&keys, &values]).await? {
-                rejected.push(Rejected {
-                    key: row.get(0),
-                    delta: row.get(1),
-                });
-            }
-        } else {
-            match tx.execute(UPSERT, &[&keys, &values]).await {
-                Ok(_) => {}
-                Err(e) if is_out_of_range(&e) => {
-                    return Err(StorageError::OutOfRange { key: None });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    if !rejected.is_empty() {
-        record_rejections(&tx, owner, progress, &rejected).await?;
-    }
-    record_progress(&tx, owner, progress).await?;
-    tx.commit().await?;
-    Ok(BatchOutcome {
-        applied: true,
-        rejected,
-    })
+    Ok(Progress::Advanced)
 }
 
 async fn record_rejections(
     tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
     owner: &Owner,
-    progress: Progress<'_>,
+    id: BatchId<'_>,
     rejected: &[Rejected],
 ) -> Result<(), StorageError> {
     let keys: Vec<&str> = rejected.iter().map(|r| r.key.as_str()).collect();
     let deltas: Vec<i64> = rejected.iter().map(|r| r.delta).collect();
-    tx.execute(
-        "INSERT INTO rejected_increments (key, delta, node_id, epoch, batch, reason)
-         SELECT key, delta, $3, $4, $5, 'total_out_of_range'
-         FROM unnest($1::text[], $2::bigint[]) AS r(key, delta)",
-        &[
-            &keys,
-            &deltas,
-            &owner.node.as_str(),
-            &stored_seq(progress.epoch(owner)),
-            &stored_seq(progress.batch()),
-        ],
+    let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.label()).collect();
+    let sqlstates: Vec<&str> = rejected.iter().map(|r| r.sqlstate.as_str()).collect();
+    let messages: Vec<&str> = rejected.iter().map(|r| r.message.as_str()).collect();
+    bounded(
+        limit,
+        tx.execute(
+            "INSERT INTO rejected_increments
+                 (key, delta, node_id, epoch, batch, reason, sqlstate, message)
+             SELECT key, delta, $3, $8, $4, reason, sqlstate, message
+             FROM unnest($1::text[], $2::bigint[], $5::text[], $6::text[], $7::text[])
+                  AS r(key, delta, reason, sqlstate, message)",
+            &[
+                &keys,
+                &deltas,
+                &owner.node.as_str(),
+                &stored_seq(id.batch()),
+                &reasons,
+                &sqlstates,
+                &messages,
+                &stored_seq(id.epoch(owner)),
+            ],
+        ),
     )
     .await?;
     Ok(())

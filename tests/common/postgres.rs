@@ -56,6 +56,28 @@ pub fn fresh_database() -> TestDatabase {
     }
 }
 
+/// A fresh, empty database created with `options` appended to `CREATE DATABASE` (for example
+/// `ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`), on the same server as
+/// [`fresh_database`].
+pub fn fresh_database_with(options: &str) -> TestDatabase {
+    let server = fresh_database();
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let statement = format!("CREATE DATABASE \"{name}\" {options}");
+    let config = server.config();
+    block_on(async {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        client.batch_execute(&statement).await
+    })
+    .unwrap_or_else(|error| panic!("cannot run {statement}: {error:?}"));
+    let mut config = server.config();
+    config.dbname(&name);
+    TestDatabase {
+        url: to_connection_string(&config),
+        name,
+    }
+}
+
 /// Settings for throwaway clusters: no fsync, since nothing in them must survive the machine.
 pub fn throwaway_options() -> ManagedOptions {
     ManagedOptions {
