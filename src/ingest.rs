@@ -49,8 +49,9 @@ pub enum IngestError {
     /// The journal could not make the increment durable; nothing of it was applied.
     #[error("the journal failed: {0}")]
     Journal(String),
-    /// The journal failed after the increments were handed to it, and they could not be taken
-    /// back: they may or may not be counted.
+    /// The increments may or may not be counted: the journal failed after they were handed
+    /// to it and they could not be taken back, or (sync mode) PostgreSQL never answered the
+    /// statement that applies them.
     #[error("the outcome is unknown: {0}")]
     OutcomeUnknown(String),
     /// PostgreSQL failed (sync mode, reads).
@@ -233,9 +234,11 @@ impl Buffered {
     }
 }
 
-/// Maps a storage error; `index_of` finds a key's position in a multi-increment request.
+/// Maps a sync-mode storage error; `index_of` finds a key's position in a multi-increment
+/// request. A statement that got no answer may have committed: its outcome is unknown.
 fn from_storage(e: StorageError, index_of: impl FnOnce(&str) -> Option<usize>) -> IngestError {
     match e {
+        e if e.outcome_unknown() => IngestError::OutcomeUnknown(e.to_string()),
         StorageError::OutOfRange { key } => IngestError::OutOfRange {
             index: key.as_deref().and_then(index_of),
             key: key.unwrap_or_default(),

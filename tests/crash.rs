@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::app::{TestApp, db_totals};
 use common::fault_proxy::{FaultProxy, Upstream};
-use common::ledger::{Ledger, Load};
+use common::ledger::{Ledger, Load, outcome_unknown};
 use common::postgres::{TestDatabase, dedicated_cluster, fresh_database};
 use common::process::TallyProcess;
 use rand::RngExt;
@@ -318,6 +318,9 @@ async fn increment_each(http: &reqwest::Client, url: &str, keys: &[String], ledg
         match sent {
             Ok(r) if r.status().is_success() => {
                 *ledger.acknowledged.entry(key.clone()).or_default() += 1
+            }
+            Ok(r) if outcome_unknown(r.status()) => {
+                *ledger.unknown.entry(key.clone()).or_default() += 1
             }
             Ok(r) => *ledger.refused.entry(r.status().as_u16()).or_default() += 1,
             Err(_) => *ledger.unknown.entry(key.clone()).or_default() += 1,
@@ -655,4 +658,49 @@ async fn a_node_id_in_use_by_a_running_node_is_refused() {
         "the first node is unaffected"
     );
     first.stop().await.unwrap();
+}
+
+/// In sync mode the answer comes after PostgreSQL's: a statement that got no answer within
+/// `--db-timeout` may have committed, so the client hears 500 `outcome_unknown`, not a 503
+/// that would promise nothing was applied; the next request goes through a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_mode_a_statement_without_an_answer_is_an_unknown_outcome_not_a_503() {
+    let db = fresh_database();
+    let proxy = FaultProxy::start(Upstream::of(&db.config())).await;
+    let proxied = proxy.database(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let node = tokio::task::block_in_place(|| {
+        TallyProcess::start(
+            dir.path(),
+            &["--mode", "sync", "--db-timeout", "1s"],
+            &[("DATABASE_URL", &proxied.url)],
+        )
+    });
+    let http = reqwest::Client::new();
+    let url = node.url("/increment");
+    let keys = ["k".to_owned()];
+    let mut ledger = Ledger::default();
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    assert_eq!(ledger.acknowledged_total(), 1);
+
+    proxy.silence();
+    let answer = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"key": "k", "value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(answer.headers().get("retry-after").is_none());
+    assert!(answer.text().await.unwrap().contains("outcome_unknown"));
+    *ledger.unknown.entry("k".into()).or_default() += 1;
+
+    increment_each(&http, &url, &keys, &mut ledger).await;
+    assert_eq!(
+        ledger.acknowledged_total(),
+        2,
+        "a new connection serves the next one"
+    );
+    ledger.check(&db_totals(&db).await).unwrap();
 }

@@ -240,7 +240,7 @@ impl From<IngestError> for ApiError {
                 )
             }
             IngestError::OutcomeUnknown(why) => {
-                tracing::error!(error = %why, "increment's outcome unknown: the journal failed after taking it");
+                tracing::error!(error = %why, "increment's outcome unknown: the node failed after taking it");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "outcome_unknown",

@@ -73,9 +73,14 @@ pub enum StorageError {
     /// The database could not be reached or failed; retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// A statement got no answer within the database timeout; its connection was closed.
+    /// A statement got no answer within the database timeout; its connection was closed. The
+    /// statement may have been applied.
     #[error("the database did not answer within {}", humantime::format_duration(*.0))]
     TimedOut(Duration),
+    /// The connection failed while a statement was under way, without an answer from the
+    /// server: the statement may have been applied.
+    #[error("the database connection failed during a statement: {0}")]
+    Interrupted(String),
     /// The database holds something Tally did not expect (e.g. a missing node row).
     #[error("unexpected database state: {0}")]
     Invariant(String),
@@ -105,8 +110,18 @@ impl From<tokio_postgres::Error> for StorageError {
             Some(db) => {
                 StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
             }
-            None => StorageError::Unavailable(e.to_string()),
+            None => StorageError::Interrupted(e.to_string()),
         }
+    }
+}
+
+impl StorageError {
+    /// Whether the statement that failed may still have been applied: no answer came.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            StorageError::TimedOut(_) | StorageError::Interrupted(_)
+        )
     }
 }
 
@@ -125,7 +140,11 @@ fn refuses_the_data(code: &tokio_postgres::error::SqlState) -> bool {
 impl From<deadpool_postgres::PoolError> for StorageError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            // No connection could be had: no statement was sent.
+            deadpool_postgres::PoolError::Backend(e) => match StorageError::from(e) {
+                StorageError::Interrupted(why) => StorageError::Unavailable(why),
+                other => other,
+            },
             other => StorageError::Unavailable(other.to_string()),
         }
     }
