@@ -7,21 +7,27 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 
-# Compile the dependencies against empty sources first: this layer is reused until
-# Cargo.toml or Cargo.lock change, so a change to Tally's code rebuilds Tally alone.
+# Compile the dependencies against empty sources first: this layer is reused until a
+# Cargo.toml or Cargo.lock change, so a change to Tally's code rebuilds Tally alone. Every
+# member of the workspace needs its manifest and a target for Cargo to read the workspace.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/postgres/Cargo.toml crates/postgres/
+COPY crates/load/Cargo.toml crates/load/
+COPY xtask/Cargo.toml xtask/
+RUN mkdir -p src crates/postgres/src crates/load/src xtask/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src
+ && echo 'fn main() {}' > xtask/src/main.rs \
+ && touch src/lib.rs crates/postgres/src/lib.rs crates/load/src/lib.rs \
+ && cargo build --release --locked --package tally \
+ && rm -rf src crates/postgres/src crates/load/src
 
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 # COPY keeps the files' modification times, which may be older than the empty sources
 # above; touching them makes Cargo rebuild Tally instead of keeping the empty build.
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs crates/postgres/src/lib.rs crates/load/src/lib.rs \
+ && cargo build --release --locked --package tally
 
 # --- run ---------------------------------------------------------------------------------
 # The same Debian release as the builder, so the binary finds the glibc it was linked

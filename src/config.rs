@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+pub use tally_postgres::DatabaseUrl;
 
 /// The shortest and longest database timeouts Tally accepts: below 100 ms an ordinary flush
 /// statement on a busy server would be cut off; above 5 minutes a silent connection would hold
@@ -295,33 +296,6 @@ macro_rules! display_as_written {
     )*};
 }
 display_as_written!(Durability, Mode, KeyFormat, LogFormat);
-
-/// A database connection string. Its `Debug` never shows it, since it may hold a password.
-#[derive(Clone)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DatabaseUrl(<redacted>)")
-    }
-}
-
-impl std::str::FromStr for DatabaseUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Parse now so a typo fails at start with exit 2, not at the first connection.
-        s.parse::<tokio_postgres::Config>()
-            .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
-        Ok(DatabaseUrl(s.to_owned()))
-    }
-}
 
 fn parse_flush_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 1s, 9s)"))?;

@@ -14,7 +14,8 @@ pub mod http;
 pub mod increment;
 pub mod ingest;
 pub mod journal;
-pub mod load;
+/// `tally load`, a crate of its own.
+pub use tally_load as load;
 pub mod metrics;
 pub mod node;
 pub mod pending;

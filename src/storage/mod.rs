@@ -13,7 +13,6 @@
 
 mod claim;
 mod counters;
-pub mod managed;
 mod migrations;
 
 use std::fmt;
@@ -26,6 +25,8 @@ use crate::pending::BatchSeq;
 
 pub use claim::{Applied, NodeClaim, Owner};
 pub use counters::{BatchOutcome, RejectReason, Rejected, Replay};
+/// The managed local PostgreSQL, a crate of its own.
+pub use tally_postgres as managed;
 
 /// How long to wait for a connection to open, and for a free one from the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,7 +1,7 @@
 //! Turns the results `bench/run` collected into `BENCHMARKS.md` and `bench/results.svg`.
 //!
 //! ```sh
-//! cargo run --release --example bench_report -- --results DIR [--markdown BENCHMARKS.md] [--svg bench/results.svg]
+//! cargo xtask bench-report --results DIR [--markdown BENCHMARKS.md] [--svg bench/results.svg]
 //! ```
 //!
 //! DIR holds one file per measurement, as `bench/run` writes them: `run.json` (settings, with
@@ -23,7 +23,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Deserialize;
@@ -45,8 +44,9 @@ const MIN_TRUSTED_ROUNDS: usize = 3;
 /// ceiling's measurement was disturbed, and the page says so.
 const MAX_PLAUSIBLE_RATIO: f64 = 1.05;
 
-#[derive(Parser)]
-struct Args {
+/// Settings of `cargo xtask bench-report`.
+#[derive(clap::Args)]
+pub struct Args {
     /// The directory of results written by bench/run.
     #[arg(long)]
     results: PathBuf,
@@ -1363,8 +1363,8 @@ fn relative_link(markdown: &Path, svg: &Path) -> String {
         .unwrap_or_else(|_| svg_abs.display().to_string())
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Writes the report and its chart from the results of a run.
+pub fn run(args: Args) -> anyhow::Result<()> {
     let results = Results::read(&args.results)?;
     chart(&results, &args.svg).with_context(|| format!("cannot draw {}", args.svg.display()))?;
     let analysis = match &args.analysis {

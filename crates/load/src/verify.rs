@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use tokio_postgres::NoTls;
 
-use crate::config::DatabaseUrl;
+use tally_postgres::DatabaseUrl;
 
 /// How often PostgreSQL is asked while waiting for the totals; the freshness figure is no finer.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);

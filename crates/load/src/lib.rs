@@ -27,12 +27,12 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DatabaseUrl;
 use client::Target;
 use keys::{KeyPicker, KeySpace};
 use progress::Progress;
 pub use report::LoadReport;
 use report::{KeysUsed, LatencySummary, VerifyReport};
+use tally_postgres::DatabaseUrl;
 use verify::{Expected, Verifier};
 use worker::{Budget, KeySums, Plan, WorkerResult};
 

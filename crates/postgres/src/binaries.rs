@@ -5,7 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{ManagedError, isolate_environment, run_checked};
+use crate::error::ManagedError;
+use crate::programs::{isolate_environment, run_checked};
 
 const SERVER_PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 
