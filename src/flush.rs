@@ -21,6 +21,7 @@ use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::pending::{BatchSeq, PendingDeltas};
 use crate::storage::{BatchOutcome, Owner, Replay, Storage, StorageError};
+use crate::sync::lock;
 
 /// First wait before retrying a failed flush; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -180,10 +181,6 @@ impl FlushState {
             self.pending.release(batch.deltas.len());
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The task that writes batches. It runs until told to stop, then writes what is left.

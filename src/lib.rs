@@ -22,6 +22,7 @@ pub mod readiness;
 pub mod recovery;
 pub mod shutdown;
 pub mod storage;
+mod sync;
 pub mod telemetry;
 
 /// The exit status for a failed run: 2 when Tally refused to start because of how it was

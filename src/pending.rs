@@ -19,6 +19,8 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use crate::sync::lock;
+
 /// Number of shards; a power of two. Far more than the cores of a small machine, so two
 /// requests on different keys almost never share a lock.
 const SHARDS: usize = 64;
@@ -338,14 +340,6 @@ impl PendingDeltas {
     pub fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
     }
-}
-
-/// Locks a shard. A panic while a shard is locked cannot leave a half-applied change (every
-/// change is one assignment), so a poisoned lock is still usable.
-fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
-    shard
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

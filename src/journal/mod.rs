@@ -42,11 +42,12 @@ mod writer;
 pub use repair::{Inspection, Repaired, SegmentReport, inspect, repair};
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::sync::lock;
 use writer::{Shared, Writer};
 
 /// Where the journal lives and when it rotates.
@@ -198,7 +199,7 @@ impl Drop for Inner {
 impl Inner {
     fn close(&self) -> Result<(), JournalError> {
         // Held while joining, so that a second caller returns only once the first is done.
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writer = lock(&self.writer);
         if let Some(thread) = writer.take() {
             self.shared.close();
             let _ = thread.join();

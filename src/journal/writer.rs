@@ -32,7 +32,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use super::JournalError;
 use super::record::{self, GROUP_START, MAX_KEY};
 use super::segment::{self, Segment};
+use crate::sync::{lock, wait};
 
 /// Values of `Shared::inject_failure`, for tests.
 pub(crate) const INJECT_WRITE_FAILURE: u8 = 1;
@@ -111,10 +112,6 @@ pub(crate) struct Shared {
     /// Makes the writer fail its next write or sync, to test failures.
     #[cfg(test)]
     pub(crate) inject_failure: std::sync::atomic::AtomicU8,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
@@ -447,11 +444,7 @@ impl Writer {
                 return Job::Stop;
             }
             q.writer_idle = true;
-            q = self
-                .shared
-                .wake_writer
-                .wait(q)
-                .unwrap_or_else(PoisonError::into_inner);
+            q = wait(&self.shared.wake_writer, q);
         }
     }
 
