@@ -14,6 +14,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::BatchSeq;
 use crate::config::{Mode, ServeConfig};
 use crate::flush::{FlushEnd, FlushState, Flusher, Unwritten};
 use crate::http::{AppState, app};
@@ -74,9 +75,8 @@ async fn run(
         (None, Vec::new())
     };
 
-    // A new epoch starts at batch 1.
     let pending = Arc::new(PendingDeltas::new(
-        1,
+        BatchSeq::first(),
         usize::try_from(config.max_pending_keys).unwrap_or(usize::MAX),
     ));
     let flush_state = Arc::new(FlushState::new(pending));
@@ -85,7 +85,7 @@ async fn run(
         storage.clone(),
         owner.clone(),
         config.flush_interval,
-        1,
+        BatchSeq::first(),
         journal.clone(),
         metrics.clone(),
     );

@@ -17,49 +17,16 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{BatchSeq, FlushBatch};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::pending::{BatchSeq, PendingDeltas};
+use crate::pending::PendingDeltas;
 use crate::storage::{BatchOutcome, Owner, Replay, Storage, StorageError};
 use crate::sync::lock;
 
 /// First wait before retrying a failed flush; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// A cut batch: sorted deltas and the batch's number.
-#[derive(Debug)]
-pub struct FlushBatch {
-    pub seq: BatchSeq,
-    /// When this batch was opened: no increment in it is older.
-    pub opened_at: Instant,
-    /// Sorted by key, each key once.
-    pub deltas: Vec<(Box<str>, i64)>,
-    /// How many acknowledged increments were summed into `deltas`. Counted for batches cut
-    /// from the pending map; 0 for a batch rebuilt from the journal, which keeps it until
-    /// PostgreSQL has it.
-    pub increments: u64,
-}
-
-impl FlushBatch {
-    /// A batch of `deltas` in any order, each key once.
-    pub fn new(seq: BatchSeq, opened_at: Instant, mut deltas: Vec<(Box<str>, i64)>) -> Self {
-        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        FlushBatch {
-            seq,
-            opened_at,
-            deltas,
-            increments: 0,
-        }
-    }
-
-    fn delta(&self, key: &str) -> Option<i64> {
-        self.deltas
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| self.deltas[i].1)
-    }
-}
 
 /// What the request path may see of the flush path: the batch being written and how old the
 /// open batch is.
@@ -155,19 +122,19 @@ impl FlushState {
         }
     }
 
-    /// Closes the open batch as batch `next - 1`, opens batch `next`, and publishes the closed
+    /// Closes the open batch, numbered `closing`, opens the next one, and publishes the closed
     /// one as in flight unless it is empty.
-    fn cut(&self, next: BatchSeq) -> Option<Arc<FlushBatch>> {
+    fn cut(&self, closing: BatchSeq) -> Option<Arc<FlushBatch>> {
         let mut in_flight = lock(&self.in_flight);
         debug_assert!(in_flight.is_none(), "one batch in flight at a time");
-        let (deltas, increments) = self.pending.cut_counted(next);
+        let (deltas, increments) = self.pending.cut_counted(closing.next());
         let opened_at = std::mem::replace(&mut *lock(&self.open_since), Instant::now());
         if deltas.is_empty() {
             return None;
         }
         let batch = Arc::new(FlushBatch {
             increments,
-            ..FlushBatch::new(next - 1, opened_at, deltas)
+            ..FlushBatch::new(closing, opened_at, deltas)
         });
         *in_flight = Some(batch.clone());
         Some(batch)
@@ -343,13 +310,13 @@ impl Flusher {
     /// segments left from before a restart, and retries a deletion that failed, on a quiet
     /// node.
     async fn flush_once(&mut self, abort: &CancellationToken) -> Written {
-        let next = self.open_seq + 1;
-        let batch = self.state.cut(next);
-        self.open_seq = next;
+        let closing = self.open_seq;
+        let batch = self.state.cut(closing);
+        self.open_seq = closing.next();
         match batch {
             None => {
                 if let Some(journal) = &self.journal {
-                    journal.committed(next - 1);
+                    journal.committed(closing);
                 }
                 Written::Committed
             }
@@ -386,7 +353,7 @@ impl Flusher {
                     return Written::Committed;
                 }
                 Err(e @ StorageError::Fenced(_)) => {
-                    tracing::error!(error = %e, batch = work.batch(), "flush refused; this process stops writing");
+                    tracing::error!(error = %e, batch = work.batch().get(), "flush refused; this process stops writing");
                     return Written::Fenced;
                 }
                 Err(e) => {
@@ -413,7 +380,7 @@ impl Flusher {
         if outcome.applied {
             self.metrics.flushed_rows.inc_by(work.keys() as u64);
         }
-        let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
+        let (batch, epoch) = (work.batch().get(), work.epoch(&self.owner));
         // One line per left-out delta, the only trace of it outside rejected_increments.
         for r in &outcome.rejected {
             self.metrics.reject(r.reason.label(), 1);
@@ -438,7 +405,7 @@ impl Flusher {
     /// Logs the first failure of a batch as a warning, later ones only at debug level: one
     /// line per change of state, not one per retry.
     fn report_failure(&self, work: Work<'_>, error: &StorageError, failures: u32) {
-        let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
+        let (batch, epoch) = (work.batch().get(), work.epoch(&self.owner));
         if failures == 1 {
             tracing::warn!(
                 batch,

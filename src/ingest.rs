@@ -17,10 +17,11 @@
 
 use std::sync::Arc;
 
+use crate::batch::BatchSeq;
 use crate::flush::FlushState;
 use crate::increment::Increment;
 use crate::journal::{Journal, JournalError};
-use crate::pending::{AddError, BatchSeq};
+use crate::pending::AddError;
 use crate::storage::{Owner, Storage, StorageError};
 
 /// What the client is told once an increment is taken.
@@ -117,7 +118,7 @@ impl Ingest {
                     }
                 };
                 if let Some(journal) = &b.journal {
-                    let records: Vec<(u64, &str, i64)> = batches
+                    let records: Vec<(BatchSeq, &str, i64)> = batches
                         .iter()
                         .zip(&items)
                         .map(|(&batch, &(key, value))| (batch, key, value))

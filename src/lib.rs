@@ -7,6 +7,7 @@
 //! load generator (`tally load`).
 
 pub mod app;
+pub mod batch;
 pub mod config;
 pub mod fault;
 pub mod flush;

@@ -22,8 +22,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::pending::BatchSeq;
-
 pub use claim::{Applied, NodeClaim, Owner};
 pub use counters::{BatchOutcome, RejectReason, Rejected, Replay};
 
@@ -353,13 +351,14 @@ impl Storage {
     }
 }
 
-/// Batch numbers are stored as `bigint`; they start at 1 and only grow.
-fn batch_seq(stored: i64) -> BatchSeq {
-    BatchSeq::try_from(stored).unwrap_or(0)
+/// Epochs and journal sequence numbers are stored as `bigint`; they start at 0 or 1 and only
+/// grow. (Batch numbers convert themselves: [`BatchSeq::to_stored`].)
+fn from_bigint(stored: i64) -> u64 {
+    u64::try_from(stored).unwrap_or(0)
 }
 
-fn stored_seq(seq: BatchSeq) -> i64 {
-    i64::try_from(seq).expect("batch numbers stay far below 2^63")
+fn to_bigint(n: u64) -> i64 {
+    i64::try_from(n).expect("epochs and sequence numbers stay far below 2^63")
 }
 
 /// The database a node uses: an external one (`DATABASE_URL`) or a managed local cluster.
