@@ -16,13 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchSeq;
 use crate::config::{Mode, ServeConfig};
-use crate::flush::{FlushEnd, FlushState, Flusher, Unwritten};
+use crate::flush::{FlushEnd, Flusher};
 use crate::http::{AppState, app};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::JournalOptions;
 use crate::metrics::Metrics;
 use crate::node::{DataDir, NodeId};
-use crate::pending::PendingDeltas;
+use crate::pending::{Unpersisted, Unwritten};
 use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
@@ -75,13 +75,12 @@ async fn run(
         (None, Vec::new())
     };
 
-    let pending = Arc::new(PendingDeltas::new(
+    let pending = Arc::new(Unpersisted::new(
         BatchSeq::first(),
         usize::try_from(config.max_pending_keys).unwrap_or(usize::MAX),
     ));
-    let flush_state = Arc::new(FlushState::new(pending));
     let flusher = Flusher::new(
-        flush_state.clone(),
+        pending.clone(),
         storage.clone(),
         owner.clone(),
         config.flush_interval,
@@ -98,13 +97,13 @@ async fn run(
         Mode::Sync => (Ingest::Sync(storage.clone()), None, None),
         Mode::Buffered => {
             let ingest = Ingest::Buffered(Buffered {
-                flush: flush_state.clone(),
+                pending: pending.clone(),
                 storage: storage.clone(),
                 owner: owner.clone(),
                 journal: appends.clone(),
                 max_journal_bytes: config.max_journal_bytes,
             });
-            (ingest, Some(flush_state), Some(flusher))
+            (ingest, Some(pending), Some(flusher))
         }
     };
     let stop_flusher = CancellationToken::new();
@@ -167,7 +166,7 @@ async fn run(
     // were it to add after the final cut, it would be acknowledged and never written. So the
     // pending map is closed first, and such a request gets 503 instead.
     if let Some(flush) = &held {
-        flush.pending().close();
+        flush.close();
         tracing::info!("taking no more increments; final flush");
     }
     let mut ended = Ok(());

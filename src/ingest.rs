@@ -1,9 +1,9 @@
 //! The request path: where a valid increment goes before the client gets its answer.
 //!
-//! In `buffered` mode an increment is added to the [`PendingDeltas`](crate::pending::PendingDeltas),
-//! which says which batch it landed in; with the journal, a record of it tagged with that batch
-//! is then made durable, and only then is it acknowledged (the flusher writes it to PostgreSQL
-//! later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
+//! In `buffered` mode an increment is added to the pending buffer
+//! ([`Unpersisted`](crate::pending::Unpersisted)), which says which batch it landed in; with
+//! the journal, a record of it tagged with that batch is then made durable, and only then is
+//! it acknowledged (the flusher writes it to PostgreSQL later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
 //! to PostgreSQL in its own transaction first, and the answer carries the new total.
 //!
 //! When the journal fails, the request's adds are taken back from memory, all or none. Only
@@ -18,10 +18,9 @@
 use std::sync::Arc;
 
 use crate::batch::BatchSeq;
-use crate::flush::FlushState;
 use crate::increment::Increment;
 use crate::journal::{Journal, JournalError};
-use crate::pending::AddError;
+use crate::pending::{AddError, Unpersisted};
 use crate::storage::{Owner, Storage, StorageError};
 
 /// What the client is told once an increment is taken.
@@ -67,10 +66,11 @@ pub enum Ingest {
     Sync(Storage),
 }
 
-/// The buffered request path: the pending map and what it needs to answer reads.
+/// The buffered request path: the pending buffer and what it needs to answer reads.
 #[derive(Clone)]
 pub struct Buffered {
-    pub flush: Arc<FlushState>,
+    /// Shared with the flusher, which writes what requests add to it.
+    pub pending: Arc<Unpersisted>,
     pub storage: Storage,
     /// This node and its epoch, whose progress says which in-memory batches PostgreSQL has.
     pub owner: Owner,
@@ -86,7 +86,7 @@ impl Ingest {
         match self {
             Ingest::Buffered(b) => {
                 b.check_journal()?;
-                let batch = match b.flush.pending().add(inc.key(), inc.value()) {
+                let batch = match b.pending.add(inc.key(), inc.value()) {
                     Ok(batch) => batch,
                     Err(e) => return Err(b.refuse(e, inc.key(), None)),
                 };
@@ -110,7 +110,7 @@ impl Ingest {
             Ingest::Buffered(b) => {
                 b.check_journal()?;
                 let items: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
-                let batches = match b.flush.pending().add_all(&items) {
+                let batches = match b.pending.add_all(&items) {
                     Ok(batches) => batches,
                     Err((index, e)) => {
                         let key = index.map_or("", |i| incs[i].key());
@@ -152,7 +152,7 @@ impl Ingest {
             Ingest::Buffered(b) => {
                 // Memory first, then PostgreSQL: a batch that commits in between is then in
                 // both, and the progress read with the total says to skip its memory copy.
-                let held = b.flush.unpersisted(key);
+                let held = b.pending.held(key);
                 let (persisted, progress) = b
                     .storage
                     .counter_and_progress(key, &b.owner)
@@ -214,7 +214,7 @@ impl Buffered {
                 ..
             }
         );
-        if self.flush.pending().undo_all(adds) && !maybe_written {
+        if self.pending.undo_all(adds) && !maybe_written {
             IngestError::Journal(e.to_string())
         } else {
             IngestError::OutcomeUnknown(e.to_string())

@@ -19,10 +19,10 @@ pub fn router() -> Router<Arc<AppState>> {
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let m = &state.metrics;
     if let Some(flush) = &state.flush {
-        m.pending_keys.set(flush.pending().keys() as i64);
-        m.pending_bytes.set(flush.pending_bytes() as i64);
+        m.pending_keys.set(flush.keys() as i64);
+        m.pending_bytes.set(flush.bytes() as i64);
         m.oldest_unpersisted_age
-            .set(flush.oldest_unpersisted_age().as_secs_f64());
+            .set(flush.oldest_age().as_secs_f64());
     }
     if let Some(journal) = &state.journal {
         m.journal_bytes.set(journal.bytes() as i64);

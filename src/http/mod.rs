@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use axum::Router;
 
-use crate::flush::FlushState;
 use crate::increment::ValidationRules;
 use crate::ingest::{Ingest, IngestError};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::pending::Unpersisted;
 use crate::readiness::Readiness;
 use crate::storage::Storage;
 use error::ApiError;
@@ -36,7 +36,7 @@ pub struct AppState {
     pub readiness: Readiness,
     pub metrics: Arc<Metrics>,
     /// The flush path's state, in buffered mode.
-    pub flush: Option<Arc<FlushState>>,
+    pub flush: Option<Arc<Unpersisted>>,
     /// The journal, with `--durability journal`.
     pub journal: Option<Journal>,
     /// For the pool's figures in the metrics.

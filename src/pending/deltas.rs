@@ -1,4 +1,4 @@
-//! Pending deltas: the in-memory sums of increments that PostgreSQL does not have yet.
+//! The open batch: per key, the sum of the increments added since the last cut.
 //!
 //! Requests add into a map of `key -> delta`, split into shards so that concurrent requests
 //! rarely wait on the same lock. The key is hashed once: the hash picks the shard and is
