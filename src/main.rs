@@ -41,16 +41,16 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Postgres(config) => {
-                telemetry::init(tally::config::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text);
                 postgres(config).await
             }
             Command::Journal(config) => {
-                telemetry::init(tally::config::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text);
                 journal(config)
             }
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
-                telemetry::init(tally::config::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text);
                 tally::load::run(config).await.map(|_report| ())
             }
         }
