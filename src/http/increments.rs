@@ -36,7 +36,7 @@ pub(crate) struct Accepted {
 }
 
 /// Adds `value` to the total of `key`.
-#[utoipa::path(post, path = "/increment", request_body = super::openapi::IncrementRequest, responses(
+#[utoipa::path(post, path = "/increment", request_body = super::body::IncrementRequest, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode); empty body"),
     (status = 200, description = "Applied (sync mode), with the new total", body = Applied),
     (status = 400, description = "Malformed or invalid body, or a total out of the 64-bit range", body = super::error::ErrorBody),
@@ -65,7 +65,7 @@ pub(crate) async fn increment(
 }
 
 /// Adds several increments, all or none.
-#[utoipa::path(post, path = "/increments", request_body = Vec<super::openapi::IncrementRequest>, responses(
+#[utoipa::path(post, path = "/increments", request_body = Vec<super::body::IncrementRequest>, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode)", body = Accepted),
     (status = 200, description = "Applied (sync mode)", body = Accepted),
     (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),

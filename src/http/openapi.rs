@@ -8,22 +8,9 @@ use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
 use super::AppState;
-
-/// The body of `POST /increment`, one item of `POST /increments`.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: bodies are parsed by `http::body`
-pub struct IncrementRequest {
-    /// 1 to 256 bytes of UTF-8, no control characters (a hyphenated UUID with `--key-format uuid`).
-    #[schema(min_length = 1, max_length = 256, example = "page-views")]
-    key: String,
-    /// A non-zero integer; at least 1 unless negatives are allowed.
-    #[schema(example = 1)]
-    value: i64,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,7 +27,7 @@ pub struct IncrementRequest {
         super::metrics::metrics,
         spec,
     ),
-    components(schemas(IncrementRequest, super::error::ErrorBody))
+    components(schemas(super::body::IncrementRequest, super::error::ErrorBody))
 )]
 struct ApiDoc;
 
