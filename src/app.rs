@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::BatchSeq;
 use crate::config::{Mode, ServeConfig};
 use crate::flush::{FlushEnd, Flusher};
-use crate::http::{AppState, app};
+use crate::http::{ApiContext, app};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::JournalOptions;
 use crate::metrics::Metrics;
@@ -113,23 +113,19 @@ async fn run(
     };
 
     let held = flush.clone();
-    let state = Arc::new(AppState {
+    let state = Arc::new(ApiContext {
         ingest,
         rules: config.validation_rules(),
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         max_batch: config.max_batch as usize,
-        sync_mode: config.mode == Mode::Sync,
         readiness: Readiness::new(
             shutdown.requested_token(),
             storage.clone(),
-            flush.clone(),
-            appends.clone(),
+            flush,
+            appends,
             config.max_journal_bytes,
         ),
         metrics: metrics.clone(),
-        flush,
-        journal: appends,
-        storage: storage.clone(),
     });
     metrics
         .build_info

@@ -81,6 +81,35 @@ pub struct Buffered {
 }
 
 impl Ingest {
+    /// Whether increments are in PostgreSQL before the answer (`--mode sync`).
+    pub fn is_sync(&self) -> bool {
+        matches!(self, Ingest::Sync(_))
+    }
+
+    /// The pending buffer, in buffered mode.
+    pub fn pending(&self) -> Option<&Unpersisted> {
+        match self {
+            Ingest::Buffered(b) => Some(&b.pending),
+            Ingest::Sync(_) => None,
+        }
+    }
+
+    /// The journal increments go through, with `--durability journal`.
+    pub fn journal(&self) -> Option<&Journal> {
+        match self {
+            Ingest::Buffered(b) => b.journal.as_ref(),
+            Ingest::Sync(_) => None,
+        }
+    }
+
+    /// The database.
+    pub fn storage(&self) -> &Storage {
+        match self {
+            Ingest::Buffered(b) => &b.storage,
+            Ingest::Sync(storage) => storage,
+        }
+    }
+
     /// Takes one increment.
     pub async fn increment(&self, inc: &Increment<'_>) -> Result<Receipt, IngestError> {
         match self {

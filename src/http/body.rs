@@ -19,17 +19,17 @@ use http_body_util::BodyExt;
 use serde::Deserializer as _;
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::AppState;
+use super::ApiContext;
 use super::error::ApiError;
 
 /// A request body that declared itself JSON and fits the size limit.
 pub struct JsonBody(pub Bytes);
 
-impl FromRequest<Arc<AppState>> for JsonBody {
+impl FromRequest<Arc<ApiContext>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let limit = state.max_body_bytes;
+    async fn from_request(req: Request, ctx: &Arc<ApiContext>) -> Result<Self, ApiError> {
+        let limit = ctx.max_body_bytes;
         let headers = req.headers();
         let is_json = headers
             .get(CONTENT_TYPE)

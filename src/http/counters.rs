@@ -9,11 +9,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
+use super::ApiContext;
 use super::error::ApiError;
 use crate::increment::check_key;
 
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router() -> Router<Arc<ApiContext>> {
     // A wildcard, so that keys holding '/' need no escaping.
     Router::new().route("/counters/{*key}", get(counter))
 }
@@ -32,7 +32,7 @@ pub(crate) struct Counter {
     (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn counter(
-    State(state): State<Arc<AppState>>,
+    State(ctx): State<Arc<ApiContext>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Counter>, ApiError> {
     let Path(key) = key.map_err(|e| {
@@ -42,8 +42,8 @@ pub(crate) async fn counter(
             Some("key"),
         )
     })?;
-    let key = check_key(Cow::Owned(key), state.rules.key_format)?.into_owned();
-    match state.ingest.total(&key).await? {
+    let key = check_key(Cow::Owned(key), ctx.rules.key_format)?.into_owned();
+    match ctx.ingest.total(&key).await? {
         Some(value) => Ok(Json(Counter { key, value })),
         None => Err(ApiError::not_found(
             "counter_not_found",

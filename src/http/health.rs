@@ -7,11 +7,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::ApiContext;
 use super::error::ApiError;
 use crate::readiness::NotReady;
 
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router() -> Router<Arc<ApiContext>> {
     Router::new()
         .route("/health", get(health))
         .route("/api/health", get(health))
@@ -29,8 +29,8 @@ pub(crate) async fn health() -> Json<Value> {
     (status = 200, description = "Ready for traffic"),
     (status = 503, description = "Not ready; the message says why", body = super::error::ErrorBody),
 ))]
-pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    match state.readiness.check().await {
+pub(crate) async fn ready(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Value>, ApiError> {
+    match ctx.readiness.check().await {
         Ok(()) => Ok(Json(json!({"status": "ready"}))),
         Err(reason) => {
             let code = match reason {

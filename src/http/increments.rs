@@ -9,13 +9,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
+use super::ApiContext;
 use super::body::{JsonBody, parse_increment, parse_increments};
 use super::error::ApiError;
 use crate::increment::Increment;
 use crate::ingest::Receipt;
 
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router() -> Router<Arc<ApiContext>> {
     Router::new()
         .route("/increment", post(increment))
         .route("/api/increment", post(increment))
@@ -45,15 +45,15 @@ pub(crate) struct Accepted {
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increment(
-    State(state): State<Arc<AppState>>,
+    State(ctx): State<Arc<ApiContext>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let parsed = parse_increment(&body)
         .map_err(ApiError::from)
-        .and_then(|raw| Ok(Increment::new(raw.key, raw.value, &state.rules)?));
-    let inc = state.count_invalid(parsed, 1)?;
-    let receipt = state.ingest.increment(&inc).await;
-    Ok(match state.count(receipt, 1)? {
+        .and_then(|raw| Ok(Increment::new(raw.key, raw.value, &ctx.rules)?));
+    let inc = ctx.count_invalid(parsed, 1)?;
+    let receipt = ctx.ingest.increment(&inc).await;
+    Ok(match ctx.count(receipt, 1)? {
         Receipt::Buffered => StatusCode::ACCEPTED.into_response(),
         Receipt::Applied { total } => Json(Applied {
             key: inc.key(),
@@ -74,26 +74,26 @@ pub(crate) async fn increment(
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increments(
-    State(state): State<Arc<AppState>>,
+    State(ctx): State<Arc<ApiContext>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let parsed = parse_increments(&body, state.max_batch)
+    let parsed = parse_increments(&body, ctx.max_batch)
         .map_err(ApiError::from)
         .and_then(|raws| {
             raws.into_iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    Increment::new(raw.key, raw.value, &state.rules)
+                    Increment::new(raw.key, raw.value, &ctx.rules)
                         .map_err(|v| ApiError::from(v).at_index(i))
                 })
                 .collect::<Result<Vec<_>, _>>()
         });
-    let incs = state.count_invalid(parsed, 1)?;
+    let incs = ctx.count_invalid(parsed, 1)?;
     if !incs.is_empty() {
-        let taken = state.ingest.increment_all(&incs).await;
-        state.count(taken, incs.len() as u64)?;
+        let taken = ctx.ingest.increment_all(&incs).await;
+        ctx.count(taken, incs.len() as u64)?;
     }
-    let status = if state.sync_mode {
+    let status = if ctx.ingest.is_sync() {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED

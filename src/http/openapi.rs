@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::OpenApi;
 
-use super::AppState;
+use super::ApiContext;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,7 +37,7 @@ static SPEC: LazyLock<String> = LazyLock::new(|| {
         .expect("the spec serialises")
 });
 
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router() -> Router<Arc<ApiContext>> {
     Router::new().route("/openapi.json", get(spec))
 }
 
