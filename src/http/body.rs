@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use serde::Deserializer as _;
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::ApiContext;
+use super::context::ApiContext;
 use super::error::ApiError;
 
 /// A request body that declared itself JSON and fits the size limit.

@@ -3,20 +3,18 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 
-use super::ApiContext;
+use super::context::ApiContext;
 use super::error::ApiError;
+use super::route::Route;
 use crate::increment::check_key;
 
-pub fn router() -> Router<Arc<ApiContext>> {
-    // A wildcard, so that keys holding '/' need no escaping.
-    Router::new().route("/counters/{*key}", get(counter))
-}
+pub const ROUTES: &[Route] = &[Route::new("/counters/{key}", || get(counter))];
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Counter {

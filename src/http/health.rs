@@ -2,21 +2,21 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::ApiContext;
+use super::context::ApiContext;
 use super::error::ApiError;
+use super::route::Route;
 use crate::readiness::NotReady;
 
-pub fn router() -> Router<Arc<ApiContext>> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/health", get(health))
-        .route("/ready", get(ready))
-}
+pub const ROUTES: &[Route] = &[
+    Route::new("/health", || get(health)),
+    Route::new("/api/health", || get(health)),
+    Route::new("/ready", || get(ready)),
+];
 
 /// Liveness: 200 while the process runs.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")))]

@@ -2,25 +2,25 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use serde::Serialize;
 
-use super::ApiContext;
 use super::body::{JsonBody, parse_increment, parse_increments};
+use super::context::ApiContext;
 use super::error::ApiError;
+use super::route::Route;
 use crate::increment::Increment;
 use crate::ingest::Receipt;
 
-pub fn router() -> Router<Arc<ApiContext>> {
-    Router::new()
-        .route("/increment", post(increment))
-        .route("/api/increment", post(increment))
-        .route("/increments", post(increments))
-}
+pub const ROUTES: &[Route] = &[
+    Route::new("/increment", || post(increment)),
+    Route::new("/api/increment", || post(increment)),
+    Route::new("/increments", || post(increments)),
+];
 
 /// The answer in `sync` mode.
 #[derive(Serialize, utoipa::ToSchema)]

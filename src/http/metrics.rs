@@ -2,17 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::ApiContext;
+use super::context::ApiContext;
+use super::route::Route;
 
-pub fn router() -> Router<Arc<ApiContext>> {
-    Router::new().route("/metrics", get(metrics))
-}
+pub const ROUTES: &[Route] = &[Route::new("/metrics", || get(metrics))];
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]

@@ -1,4 +1,5 @@
-//! The HTTP layer: one module per resource, each with its own `router()`, merged here.
+//! The HTTP layer: one module per resource, each listing its routes ([`route::Route`]); the
+//! router and the metrics' route labels are both made from those lists.
 //!
 //! Handlers are thin: parse the request, call the domain, map the result. Every error goes
 //! through [`error::ApiError`], so every error answer has the same JSON shape.
@@ -12,6 +13,7 @@ mod increments;
 mod metrics;
 pub mod observe;
 mod openapi;
+mod route;
 
 use std::sync::Arc;
 
@@ -19,21 +21,36 @@ use axum::Router;
 
 pub use context::ApiContext;
 use error::ApiError;
+use route::Route;
 
 /// The whole API, wrapped in [`observe`], which every request goes through, routed or not.
 pub fn app(ctx: Arc<ApiContext>, access_log: bool) -> observe::Observe<Router> {
-    let observer = Arc::new(observe::Observer::new(ctx.metrics.clone(), access_log));
+    let observer = Arc::new(observe::Observer::new(
+        ctx.metrics.clone(),
+        access_log,
+        routes(),
+    ));
     tower_layer::Layer::layer(&observe::ObserveLayer(observer), router(ctx))
 }
 
-/// The routes.
+/// Every route of the API, resource by resource.
+fn routes() -> impl Iterator<Item = &'static Route> {
+    [
+        increments::ROUTES,
+        counters::ROUTES,
+        health::ROUTES,
+        metrics::ROUTES,
+        openapi::ROUTES,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 fn router(ctx: Arc<ApiContext>) -> Router {
-    Router::new()
-        .merge(increments::router())
-        .merge(counters::router())
-        .merge(health::router())
-        .merge(metrics::router())
-        .merge(openapi::router())
+    routes()
+        .fold(Router::new(), |router, r| {
+            router.route(&r.router_path(), r.handlers())
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ctx)

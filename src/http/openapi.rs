@@ -2,15 +2,14 @@
 //! `#[utoipa::path]` declarations on the handlers, so the routes and their description cannot
 //! drift apart.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::OpenApi;
 
-use super::ApiContext;
+use super::route::Route;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,12 +36,28 @@ static SPEC: LazyLock<String> = LazyLock::new(|| {
         .expect("the spec serialises")
 });
 
-pub fn router() -> Router<Arc<ApiContext>> {
-    Router::new().route("/openapi.json", get(spec))
-}
+pub const ROUTES: &[Route] = &[Route::new("/openapi.json", || get(spec))];
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "The OpenAPI 3 description of this API", content_type = "application/json")))]
 pub(crate) async fn spec() -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], SPEC.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The document lists the routes the router serves, the aliases of earlier systems aside.
+    #[test]
+    fn every_route_but_the_aliases_is_documented() {
+        let documented: BTreeSet<String> = ApiDoc::openapi().paths.paths.into_keys().collect();
+        let routes: BTreeSet<String> = super::super::routes()
+            .map(|r| r.path.to_owned())
+            .filter(|p| !p.starts_with("/api/"))
+            .collect();
+        assert_eq!(documented, routes);
+    }
 }
