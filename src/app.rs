@@ -14,8 +14,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::StartError;
 use crate::batch::BatchSeq;
 use crate::config::{Mode, ServeConfig};
+use crate::database::Database;
 use crate::flush::{FlushEnd, Flusher};
 use crate::http::{ApiContext, app};
 use crate::ingest::{Buffered, Ingest};
@@ -26,7 +28,7 @@ use crate::pending::{Unpersisted, Unwritten};
 use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
-use crate::storage::{Database, Owner, Replay};
+use crate::storage::{Owner, Replay};
 
 /// Runs a node on `listener` until `shutdown` is requested and everything is flushed.
 pub async fn serve(
@@ -34,8 +36,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let data_dir = DataDir::open(&config.database.data_dir)?;
-    let node = data_dir.node_id(config.node_id.as_deref())?;
+    let data_dir = DataDir::open(&config.database.data_dir).map_err(StartError::from)?;
+    let node = data_dir
+        .node_id(config.node_id.as_deref())
+        .map_err(StartError::from)?;
     let database = Database::open(&config.database, data_dir.path()).await?;
     let result = run(&config, listener, shutdown, &database, &data_dir, node).await;
     database.close().await;
@@ -59,7 +63,8 @@ async fn run(
     let epochs = crate::journal::epochs(&journal_dir)?;
     let claim = storage
         .claim_node(&node, epochs.last().copied().unwrap_or(0))
-        .await?;
+        .await
+        .map_err(StartError::from)?;
     let owner = claim.owner().clone();
 
     let (journal, replays) = if config.uses_journal() || journal_dir.exists() {
