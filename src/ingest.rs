@@ -1,9 +1,9 @@
 //! The request path: where a valid increment goes before the client gets its answer.
 //!
-//! In `buffered` mode an increment is added to the pending buffer
-//! ([`Unpersisted`](crate::pending::Unpersisted)), which says which batch it landed in; with
-//! the journal, a record of it tagged with that batch is then made durable, and only then is
-//! it acknowledged (the flusher writes it to PostgreSQL later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
+//! In `buffered` mode an increment is added to the pending buffer ([`Unpersisted`]), which
+//! says which batch it landed in; with the journal, a record of it tagged with that batch is
+//! then made durable, and only then is it acknowledged (the flusher writes it to PostgreSQL
+//! later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
 //! to PostgreSQL in its own transaction first, and the answer carries the new total.
 //!
 //! When the journal fails, the request's adds are taken back from memory, all or none. Only

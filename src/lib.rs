@@ -1,10 +1,13 @@
 //! Tally: an HTTP counting service that answers at once and keeps exact totals in PostgreSQL.
 //!
-//! A request goes through [`http`] (parse), [`increment`] (validate) and [`ingest`] (the
-//! request path: into [`pending`] deltas, or straight to PostgreSQL in sync mode). The
-//! [`flush`] path moves pending deltas into PostgreSQL through [`storage`], exactly once.
-//! [`app`] wires them together and runs a node from start to stop. [`load`] is the verifying
-//! load generator (`tally load`).
+//! The modules follow the data. A request goes through [`http`] (parse), [`increment`]
+//! (validate) and [`ingest`] (the request path: into the [`pending`] buffer and the
+//! [`journal`], or straight to PostgreSQL in sync mode). The [`flush`] path writes the pending
+//! buffer to PostgreSQL through [`storage`], one [`batch`] at a time, exactly once; at start,
+//! [`recovery`] replays what the journal holds and PostgreSQL lacks. [`app`] wires them
+//! together and runs a node from start to stop on the [`database`] it opens; a
+//! [`StartError`] says whether a start was refused. [`load`] is the verifying load generator
+//! (`tally load`).
 
 pub mod app;
 pub mod batch;

@@ -1,4 +1,4 @@
-//! The HTTP layer: one module per resource, each listing its routes ([`route::Route`]); the
+//! The HTTP layer: one module per resource, each listing its routes (`route.rs`); the
 //! router and the metrics' route labels are both made from those lists.
 //!
 //! Handlers are thin: parse the request, call the domain, map the result. Every error goes
