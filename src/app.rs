@@ -45,7 +45,7 @@ pub async fn serve(
 }
 
 /// A started node: what it serves and everything it holds, in the order a stop releases them.
-/// Each part is stopped only once nothing before it can use it any more.
+/// Each part is stopped only once the parts above it are, since until then they may use it.
 pub struct Node {
     /// Stopped first: it stops accepting once a shutdown is requested (and the drain delay
     /// has passed), then lets requests in flight finish, up to the drain timeout.
