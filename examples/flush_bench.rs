@@ -21,6 +21,7 @@ use anyhow::Context;
 use clap::Parser;
 use rand::seq::SliceRandom;
 use serde::Serialize;
+use tally::batch::BatchSeq;
 use tally::node::DataDir;
 use tally::storage::Storage;
 use tally::storage::managed::{ManagedOptions, ManagedPostgres};
@@ -120,8 +121,9 @@ async fn run(
     let claim = storage.claim_node(&node, 0).await?;
 
     let (deltas, sort_seconds) = distinct_keys(args.keys, args.key_bytes);
-    let insert = timed_flush(&storage, claim.owner(), 1, &deltas).await?;
-    let update = timed_flush(&storage, claim.owner(), 2, &deltas).await?;
+    let first = BatchSeq::first();
+    let insert = timed_flush(&storage, claim.owner(), first, &deltas).await?;
+    let update = timed_flush(&storage, claim.owner(), first.next(), &deltas).await?;
     drop(claim);
 
     let (client, connection) = pg_config.connect(NoTls).await?;
@@ -168,7 +170,7 @@ fn distinct_keys(count: usize, key_bytes: usize) -> (Vec<(Box<str>, i64)>, f64) 
 async fn timed_flush(
     storage: &Storage,
     owner: &tally::storage::Owner,
-    seq: u64,
+    seq: BatchSeq,
     deltas: &[(Box<str>, i64)],
 ) -> anyhow::Result<Timed> {
     let started = Instant::now();

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use tally::batch::BatchSeq;
 use tally::journal::{Journal, JournalOptions};
 
 #[derive(Parser)]
@@ -50,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
                     use std::fmt::Write;
                     write!(key, "bench-key-{}", (t * 7919 + i) % 10_000).unwrap();
                     let sent = Instant::now();
-                    journal.append_one(1, &key, 1).await?;
+                    journal.append_one(BatchSeq::first(), &key, 1).await?;
                     latencies.push(sent.elapsed());
                 }
                 anyhow::Ok(latencies)

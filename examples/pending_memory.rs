@@ -4,6 +4,7 @@
 //!
 //! cargo run --release --example pending_memory -- [keys] [key_bytes]
 
+use tally::batch::BatchSeq;
 use tally::pending::PendingDeltas;
 
 // The same allocator as the `tally` binary, so that the figure is the one it pays.
@@ -29,7 +30,7 @@ fn main() {
         .collect();
 
     let before = resident_bytes();
-    let pending = PendingDeltas::new(1, usize::MAX);
+    let pending = PendingDeltas::new(BatchSeq::first(), usize::MAX);
     for name in &names {
         pending.add(name, 1).unwrap();
     }

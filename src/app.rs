@@ -1,31 +1,38 @@
 //! A Tally node from start to stop.
 //!
-//! Start: lock the data directory, learn the node id, open the database (starting the
-//! managed one if needed) and migrate it, claim the node id in PostgreSQL under a new epoch,
-//! replay what the journal holds that PostgreSQL does not, release the journal segments it no
-//! longer needs, then serve. Stop, in this order: stop accepting, let in-flight requests
-//! finish (up to the drain timeout), close the pending map to new increments, flush what is
-//! pending, close the journal, close the pool, stop the managed PostgreSQL.
+//! [`Node::build`] starts one: lock the data directory, learn the node id, open the database
+//! (starting the managed one if needed) and migrate it, claim the node id in PostgreSQL under
+//! a new epoch, replay what the journal holds that PostgreSQL does not, release the journal
+//! segments it no longer needs, and start the flusher. [`Node::run_until_stopped`] serves until
+//! a shutdown is requested, then stops what the node holds in the order of [`Node`]'s fields:
+//! stop accepting, let in-flight requests finish (up to the drain timeout), close the pending
+//! buffer to new increments, flush what is pending, close the journal, release the claim,
+//! close the pool, stop the managed PostgreSQL.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::StartError;
+use crate::batch::BatchSeq;
 use crate::config::{Mode, ServeConfig};
-use crate::flush::{FlushEnd, FlushState, Flusher, Unwritten};
-use crate::http::{AppState, app};
+use crate::database::Database;
+use crate::flush::{FlushEnd, Flusher};
+use crate::http::observe::Observe;
+use crate::http::{ApiContext, app};
 use crate::ingest::{Buffered, Ingest};
-use crate::journal::JournalOptions;
+use crate::journal::{Journal, JournalOptions};
 use crate::metrics::Metrics;
 use crate::node::{DataDir, NodeId};
-use crate::pending::PendingDeltas;
+use crate::pending::{Unpersisted, Unwritten};
 use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
-use crate::storage::{Database, Owner, Replay};
+use crate::storage::{NodeClaim, Owner, Replay, Storage};
 
 /// Runs a node on `listener` until `shutdown` is requested and everything is flushed.
 pub async fn serve(
@@ -33,157 +40,265 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let data_dir = DataDir::open(&config.database.data_dir)?;
-    let node = data_dir.node_id(config.node_id.as_deref())?;
-    let database = Database::open(&config.database, data_dir.path()).await?;
-    let result = run(&config, listener, shutdown, &database, &data_dir, node).await;
-    database.close().await;
-    result
+    let node = Node::build(config, listener, shutdown).await?;
+    node.run_until_stopped().await
 }
 
-async fn run(
-    config: &ServeConfig,
+/// A started node: what it serves and everything it holds, in the order a stop releases them.
+/// Each part is stopped only once the parts above it are, since until then they may use it.
+pub struct Node {
+    /// Stopped first: it stops accepting once a shutdown is requested (and the drain delay
+    /// has passed), then lets requests in flight finish, up to the drain timeout.
+    http: HttpServer,
+    /// Closed once the server has stopped: a request it gave up waiting for runs on,
+    /// detached, and were it to add after the final cut it would be acknowledged and never
+    /// written; closed, the buffer answers it 503. `None` in sync mode.
+    pending: Option<Arc<Unpersisted>>,
+    /// Told to stop once nothing can add any more: it writes what is pending (the final
+    /// flush) and ends. `None` in sync mode.
+    flusher: Option<FlusherThread>,
+    /// Closed once nothing appends and the flusher tells it of no more commits: what was
+    /// appended is synced and the writer thread ends. Open whenever a journal exists, also in
+    /// modes that append nothing, for the replay at start.
+    journal: Option<Journal>,
+    /// Released once nothing writes under the node id: dropping it closes the connection
+    /// that holds the node's advisory lock.
+    claim: NodeClaim,
+    /// Closed once nothing uses it: the pool, then the managed PostgreSQL if Tally started it.
+    database: Database,
+    /// Unlocked last, so that no other process takes the data directory (and the journal in
+    /// it) until this one is done with it.
+    data_dir: DataDir,
+}
+
+/// The HTTP side of a node: what it serves, where, and how a stop drains it.
+struct HttpServer {
     listener: TcpListener,
+    app: Observe<axum::Router>,
     shutdown: Shutdown,
-    database: &Database,
-    data_dir: &DataDir,
-    node: NodeId,
-) -> anyhow::Result<()> {
-    let storage = database.storage.clone();
-    let metrics = Arc::new(Metrics::default());
-    // The journal is opened whenever one exists, whatever the mode, so that a node switched
-    // to `--durability memory` or `--mode sync` after a crash still replays it. The claim's
-    // epoch must be above every epoch in it, so its headers are read first.
-    let journal_dir = data_dir.path().join("journal");
-    let epochs = crate::journal::epochs(&journal_dir)?;
-    let claim = storage
-        .claim_node(&node, epochs.last().copied().unwrap_or(0))
-        .await?;
-    let owner = claim.owner().clone();
+    drain_delay: Duration,
+    drain_timeout: Duration,
+}
 
-    let (journal, replays) = if config.uses_journal() || journal_dir.exists() {
-        let applied = storage.applied(&node, &epochs).await?;
-        let mut options = JournalOptions::new(journal_dir);
-        options.fsync_seconds = Some(metrics.journal_fsync_duration.clone());
-        options.epoch = owner.epoch;
-        let r = tokio::task::spawn_blocking(move || recovery::open_journal(options, &applied))
-            .await??;
-        log_recovery(&r, &owner);
-        (Some(r.journal), r.replays)
-    } else {
-        (None, Vec::new())
-    };
+/// The flusher's thread, and how to stop it.
+struct FlusherThread {
+    thread: JoinHandle<FlushEnd>,
+    stop: CancellationToken,
+    /// Whether every acknowledged increment is also in the journal, which the next start
+    /// replays: that decides what a forced stop loses.
+    journaled: bool,
+}
 
-    // A new epoch starts at batch 1.
-    let pending = Arc::new(PendingDeltas::new(
-        1,
-        usize::try_from(config.max_pending_keys).unwrap_or(usize::MAX),
-    ));
-    let flush_state = Arc::new(FlushState::new(pending));
-    let flusher = Flusher::new(
-        flush_state.clone(),
-        storage.clone(),
-        owner.clone(),
-        config.flush_interval,
-        1,
-        journal.clone(),
-        metrics.clone(),
-    );
-    replay(&flusher, replays, &shutdown).await?;
+/// What writes under the node's claim: started once the database is open, stopped before it
+/// is closed.
+struct Writers {
+    claim: NodeClaim,
+    journal: Option<Journal>,
+    pending: Option<Arc<Unpersisted>>,
+    flusher: Option<FlusherThread>,
+    ingest: Ingest,
+}
 
-    // The journal takes appends only in buffered journal mode; otherwise it was opened for
-    // recovery alone.
-    let appends = journal.clone().filter(|_| config.uses_journal());
-    let (ingest, flush, flusher) = match config.mode {
-        Mode::Sync => (Ingest::Sync(storage.clone()), None, None),
-        Mode::Buffered => {
-            let ingest = Ingest::Buffered(Buffered {
-                flush: flush_state.clone(),
-                storage: storage.clone(),
-                owner: owner.clone(),
-                journal: appends.clone(),
-                max_journal_bytes: config.max_journal_bytes,
-            });
-            (ingest, Some(flush_state), Some(flusher))
-        }
-    };
-    let stop_flusher = CancellationToken::new();
-    let flusher = match flusher {
-        Some(f) => Some(f.spawn_thread(stop_flusher.clone(), shutdown.clone())?),
-        None => None,
-    };
+impl Node {
+    /// Starts a node that will serve on `listener`: everything up to serving, recovery
+    /// included. A refusal to start says so ([`StartError::is_refusal`]); whatever was
+    /// started before it is stopped again.
+    pub async fn build(
+        config: ServeConfig,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<Node, StartError> {
+        let listen = listener.local_addr().map_err(anyhow::Error::from)?;
+        let data_dir = DataDir::open(&config.database.data_dir)?;
+        let node = data_dir.node_id(config.node_id.as_deref())?;
+        let database = Database::open(&config.database, data_dir.path()).await?;
+        let metrics = Arc::new(Metrics::default());
+        let storage = &database.storage;
+        let writers =
+            match Writers::start(&config, &data_dir, &node, storage, &metrics, &shutdown).await {
+                Ok(writers) => writers,
+                Err(e) => {
+                    database.close().await;
+                    return Err(e);
+                }
+            };
 
-    let held = flush.clone();
-    let state = Arc::new(AppState {
-        ingest,
-        rules: config.validation_rules(),
-        max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
-        max_batch: config.max_batch as usize,
-        sync_mode: config.mode == Mode::Sync,
-        readiness: Readiness::new(
+        let readiness = Readiness::new(
             shutdown.requested_token(),
             storage.clone(),
-            flush.clone(),
-            appends.clone(),
+            writers.pending.clone(),
+            writers.ingest.journal().cloned(),
             config.max_journal_bytes,
-        ),
-        metrics: metrics.clone(),
-        flush,
-        journal: appends,
-        storage: storage.clone(),
-    });
-    metrics
-        .build_info
-        .get_or_create(&crate::metrics::BuildLabels {
-            version: env!("CARGO_PKG_VERSION"),
-            node_id: node.to_string(),
-            mode: config.mode.to_string(),
-            durability: config.durability_in_effect(),
+        );
+        let ctx = Arc::new(ApiContext {
+            ingest: writers.ingest,
+            readiness,
+            metrics: metrics.clone(),
+            rules: config.validation_rules(),
+            max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            max_batch: config.max_batch as usize,
+        });
+        metrics
+            .build_info
+            .get_or_create(&crate::metrics::BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                node_id: node.to_string(),
+                mode: config.mode.to_string(),
+                durability: config.durability_in_effect(),
+            })
+            .set(1);
+        tracing::info!(
+            %listen,
+            database = %database.description,
+            node_id = %node,
+            epoch = writers.claim.owner().epoch,
+            mode = %config.mode,
+            durability = %config.durability_in_effect(),
+            flush_interval = %humantime::format_duration(config.flush_interval),
+            "tally is serving"
+        );
+        Ok(Node {
+            http: HttpServer {
+                listener,
+                app: app(ctx, config.access_log),
+                shutdown,
+                drain_delay: config.drain_delay,
+                drain_timeout: config.drain_timeout,
+            },
+            pending: writers.pending,
+            flusher: writers.flusher,
+            journal: writers.journal,
+            claim: writers.claim,
+            database,
+            data_dir,
         })
-        .set(1);
-
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        database = %database.description,
-        node_id = %node,
-        epoch = owner.epoch,
-        mode = %config.mode,
-        durability = %config.durability_in_effect(),
-        flush_interval = %humantime::format_duration(config.flush_interval),
-        "tally is serving"
-    );
-
-    let app = app(state, config.access_log);
-    let served = serve_http(
-        listener,
-        app,
-        &shutdown,
-        config.drain_delay,
-        config.drain_timeout,
-    )
-    .await;
-
-    // The HTTP server has stopped, but a request it gave up waiting for runs on, detached:
-    // were it to add after the final cut, it would be acknowledged and never written. So the
-    // pending map is closed first, and such a request gets 503 instead.
-    if let Some(flush) = &held {
-        flush.pending().close();
-        tracing::info!("taking no more increments; final flush");
     }
-    let mut ended = Ok(());
-    if let Some(flusher) = flusher {
-        stop_flusher.cancel();
-        let end = tokio::task::spawn_blocking(move || flusher.join()).await?;
-        let end = end.map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?;
-        let unwritten = held.as_ref().map(|f| f.unwritten()).unwrap_or_default();
-        ended = report_end(end, unwritten, config.uses_journal());
+
+    /// Serves until a shutdown is requested, then stops, in the order of the fields: the
+    /// outcome says whether PostgreSQL has every acknowledged increment, or the journal does.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let served = self.http.serve().await;
+        if let Some(pending) = &self.pending {
+            pending.close();
+            tracing::info!("taking no more increments; final flush");
+        }
+        let flushed = match self.flusher {
+            Some(flusher) => flusher.finish(self.pending.as_deref()).await,
+            None => Ok(Ok(())),
+        };
+        let closed = match self.journal {
+            Some(journal) => tokio::task::spawn_blocking(move || journal.close())
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|closed| closed.context("cannot close the journal")),
+            None => Ok(()),
+        };
+        drop(self.claim);
+        self.database.close().await;
+        drop(self.data_dir);
+        // A lost flusher thread or journal says more than how serving ended.
+        let ended = flushed?;
+        closed?;
+        served.and(ended)
     }
-    if let Some(journal) = journal {
-        let closed = tokio::task::spawn_blocking(move || journal.close()).await?;
-        closed.context("cannot close the journal")?;
+}
+
+impl Writers {
+    /// Claims the node id, opens the journal and replays what PostgreSQL lacks, then starts
+    /// the request path and, in buffered mode, the flusher.
+    async fn start(
+        config: &ServeConfig,
+        data_dir: &DataDir,
+        node: &NodeId,
+        storage: &Storage,
+        metrics: &Arc<Metrics>,
+        shutdown: &Shutdown,
+    ) -> Result<Writers, StartError> {
+        // The journal is opened whenever one exists, whatever the mode, so that a node
+        // switched to `--durability memory` or `--mode sync` after a crash still replays it.
+        // The claim's epoch must be above every epoch in it, so its headers are read first.
+        let journal_dir = data_dir.path().join("journal");
+        let epochs = crate::journal::epochs(&journal_dir).map_err(anyhow::Error::from)?;
+        let claim = storage
+            .claim_node(node, epochs.last().copied().unwrap_or(0))
+            .await?;
+        let owner = claim.owner().clone();
+
+        let (journal, replays) = if config.uses_journal() || journal_dir.exists() {
+            let applied = storage.applied(node, &epochs).await?;
+            let mut options = JournalOptions::new(journal_dir);
+            options.fsync_seconds = Some(metrics.journal_fsync_duration.clone());
+            options.epoch = owner.epoch;
+            let r = tokio::task::spawn_blocking(move || recovery::open_journal(options, &applied))
+                .await
+                .map_err(anyhow::Error::from)??;
+            log_recovery(&r, &owner);
+            (Some(r.journal), r.replays)
+        } else {
+            (None, Vec::new())
+        };
+
+        let pending = Arc::new(Unpersisted::new(
+            BatchSeq::first(),
+            usize::try_from(config.max_pending_keys).unwrap_or(usize::MAX),
+        ));
+        let flusher = Flusher::new(
+            pending.clone(),
+            storage.clone(),
+            owner.clone(),
+            config.flush_interval,
+            BatchSeq::first(),
+            journal.clone(),
+            metrics.clone(),
+        );
+        replay(&flusher, replays, shutdown).await?;
+
+        let (ingest, pending, flusher) = match config.mode {
+            Mode::Sync => (Ingest::Sync(storage.clone()), None, None),
+            Mode::Buffered => {
+                let ingest = Ingest::Buffered(Buffered {
+                    pending: pending.clone(),
+                    storage: storage.clone(),
+                    owner,
+                    // The journal takes appends only with journal durability; otherwise it
+                    // was opened for recovery alone.
+                    journal: journal.clone().filter(|_| config.uses_journal()),
+                    max_journal_bytes: config.max_journal_bytes,
+                });
+                let stop = CancellationToken::new();
+                let thread = flusher
+                    .spawn_thread(stop.clone(), shutdown.clone())
+                    .map_err(anyhow::Error::from)?;
+                let flusher = FlusherThread {
+                    thread,
+                    stop,
+                    journaled: config.uses_journal(),
+                };
+                (ingest, Some(pending), Some(flusher))
+            }
+        };
+        Ok(Writers {
+            claim,
+            journal,
+            pending,
+            flusher,
+            ingest,
+        })
     }
-    drop(claim);
-    served.and(ended)
+}
+
+impl FlusherThread {
+    /// Stops the flusher, which first writes what `pending` holds, and says how that ended.
+    /// The outer error is a flusher that could not end normally.
+    async fn finish(self, pending: Option<&Unpersisted>) -> anyhow::Result<anyhow::Result<()>> {
+        self.stop.cancel();
+        let thread = self.thread;
+        let end = tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the flusher thread panicked"))?;
+        let unwritten = pending.map(Unpersisted::unwritten).unwrap_or_default();
+        Ok(report_end(end, unwritten, self.journaled))
+    }
 }
 
 /// Writes the recovered batches before anything else is accepted, then lets the journal
@@ -277,46 +392,49 @@ fn report_end(end: FlushEnd, unwritten: Unwritten, journaled: bool) -> anyhow::R
     }
 }
 
-/// Serves until a shutdown is requested and `drain_delay` has passed (while `/ready` already
-/// answers 503), then lets in-flight requests finish (up to `drain_timeout`, or until the
-/// shutdown is forced).
-async fn serve_http(
-    listener: TcpListener,
-    app: crate::http::observe::Observe<axum::Router>,
-    shutdown: &Shutdown,
-    drain_delay: Duration,
-    drain_timeout: Duration,
-) -> anyhow::Result<()> {
-    use axum::ServiceExt;
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Small answers should leave at once, not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    let (requested, forced) = (shutdown.requested_token(), shutdown.forced_token());
-    let stop_accepting = async move {
-        requested.cancelled().await;
-        if !drain_delay.is_zero() {
-            tracing::info!(delay = %humantime::format_duration(drain_delay), "draining: /ready answers 503, still serving");
+impl HttpServer {
+    /// Serves until a shutdown is requested and the drain delay has passed (while `/ready`
+    /// already answers 503), then lets in-flight requests finish (up to the drain timeout, or
+    /// until the shutdown is forced).
+    async fn serve(self) -> anyhow::Result<()> {
+        use axum::ServiceExt;
+        use axum::serve::ListenerExt;
+        let HttpServer {
+            listener,
+            app,
+            shutdown,
+            drain_delay,
+            drain_timeout,
+        } = self;
+        let listener = listener.tap_io(|tcp| {
+            // Small answers should leave at once, not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        });
+        let (requested, forced) = (shutdown.requested_token(), shutdown.forced_token());
+        let stop_accepting = async move {
+            requested.cancelled().await;
+            if !drain_delay.is_zero() {
+                tracing::info!(delay = %humantime::format_duration(drain_delay), "draining: /ready answers 503, still serving");
+                tokio::select! {
+                    _ = tokio::time::sleep(drain_delay) => {}
+                    _ = forced.cancelled() => {}
+                }
+            }
+        };
+        let server =
+            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop_accepting);
+        let forced = shutdown.forced_token();
+        let drain_deadline = async {
+            shutdown.requested().await;
+            // A forced stop ends the drain delay too, so it must not wait it out either.
             tokio::select! {
-                _ = tokio::time::sleep(drain_delay) => {}
+                _ = tokio::time::sleep(drain_delay + drain_timeout) => tracing::warn!("in-flight requests did not finish in time; going on without them"),
                 _ = forced.cancelled() => {}
             }
-        }
-    };
-    let server =
-        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop_accepting);
-    let forced = shutdown.forced_token();
-    let drain_deadline = async {
-        shutdown.requested().await;
-        // A forced stop ends the drain delay too, so it must not wait it out either.
+        };
         tokio::select! {
-            _ = tokio::time::sleep(drain_delay + drain_timeout) => tracing::warn!("in-flight requests did not finish in time; going on without them"),
-            _ = forced.cancelled() => {}
+            result = server => result.context("the HTTP server failed"),
+            _ = drain_deadline => Ok(()),
         }
-    };
-    tokio::select! {
-        result = server => result.context("the HTTP server failed"),
-        _ = drain_deadline => Ok(()),
     }
 }

@@ -14,6 +14,9 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 pub use tally_postgres::DatabaseUrl;
 
+use crate::increment::{KeyFormat, ValidationRules};
+use crate::telemetry::LogFormat;
+
 /// The shortest and longest database timeouts Tally accepts: below 100 ms an ordinary flush
 /// statement on a busy server would be cut off; above 5 minutes a silent connection would hold
 /// the flush up far longer than the freshness bound.
@@ -271,18 +274,25 @@ pub enum Mode {
     Sync,
 }
 
-/// Which keys are accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KeyFormat {
-    Any,
-    Uuid,
-}
+/// `clap::ValueEnum` for a setting whose type belongs to the module that uses it, so that
+/// module need not know the command line: each variant and the name it is written with.
+macro_rules! value_enum {
+    ($t:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$(Self::$variant),*]
+            }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(match self {
+                    $(Self::$variant => $name),*
+                }))
+            }
+        }
+    };
 }
+value_enum!(KeyFormat { Any => "any", Uuid => "uuid" });
+value_enum!(LogFormat { Text => "text", Json => "json" });
 
 /// Shows each setting the way it is written on the command line (`sync`, not `Sync`).
 macro_rules! display_as_written {
@@ -497,8 +507,8 @@ fn set_default(
 
 impl ServeConfig {
     /// The settings that validation needs, free of everything else.
-    pub fn validation_rules(&self) -> crate::increment::ValidationRules {
-        crate::increment::ValidationRules {
+    pub fn validation_rules(&self) -> ValidationRules {
+        ValidationRules {
             key_format: self.key_format,
             allow_negative: self.allow_negative,
         }

@@ -1,8 +1,9 @@
 //! The flush path: pending deltas to PostgreSQL, exactly once, in order.
 //!
-//! Every `flush_interval` the [`Flusher`] cuts the open batch out of [`PendingDeltas`], sorts
-//! it by key and writes it with [`Storage::apply_batch`], which records the batch's sequence
-//! number in the same transaction. Batches are written one at a time and in order, so
+//! Every `flush_interval` the [`Flusher`] cuts the open batch out of the pending buffer
+//! ([`Unpersisted`]), which keeps it, sorted by key, until PostgreSQL has it, and writes it
+//! with [`Storage::apply_batch`], which records the batch's sequence number in the same
+//! transaction. Batches are written one at a time and in order, so
 //! "PostgreSQL's progress row for this node is at or past batch N" means exactly "batch N and
 //! every batch before it are applied".
 //!
@@ -11,184 +12,25 @@
 //! into a newer batch: a commit whose answer was lost may have been applied, and only the
 //! progress row can tell, which is what the retry consults.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{BatchSeq, FlushBatch};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::pending::{BatchSeq, PendingDeltas};
+use crate::pending::Unpersisted;
 use crate::storage::{BatchOutcome, Owner, Replay, Storage, StorageError};
 
 /// First wait before retrying a failed flush; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A cut batch: sorted deltas and the batch's number.
-#[derive(Debug)]
-pub struct FlushBatch {
-    pub seq: BatchSeq,
-    /// When this batch was opened: no increment in it is older.
-    pub opened_at: Instant,
-    /// Sorted by key, each key once.
-    pub deltas: Vec<(Box<str>, i64)>,
-    /// How many acknowledged increments were summed into `deltas`. Counted for batches cut
-    /// from the pending map; 0 for a batch rebuilt from the journal, which keeps it until
-    /// PostgreSQL has it.
-    pub increments: u64,
-}
-
-impl FlushBatch {
-    /// A batch of `deltas` in any order, each key once.
-    pub fn new(seq: BatchSeq, opened_at: Instant, mut deltas: Vec<(Box<str>, i64)>) -> Self {
-        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        FlushBatch {
-            seq,
-            opened_at,
-            deltas,
-            increments: 0,
-        }
-    }
-
-    fn delta(&self, key: &str) -> Option<i64> {
-        self.deltas
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| self.deltas[i].1)
-    }
-}
-
-/// What the request path may see of the flush path: the batch being written and how old the
-/// open batch is.
-pub struct FlushState {
-    pending: Arc<PendingDeltas>,
-    /// The cut batch until PostgreSQL has it. Also held while cutting, so that a reader sees
-    /// each delta either in the open batch or here, never in neither.
-    in_flight: Mutex<Option<Arc<FlushBatch>>>,
-    /// When the open batch was opened.
-    open_since: Mutex<Instant>,
-}
-
-/// Acknowledged increments held in memory that PostgreSQL does not have yet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Unwritten {
-    /// Keys of the batch in flight plus keys of the open batch (a key in both counts twice).
-    pub keys: usize,
-    pub increments: u64,
-}
-
-/// A delta held in memory for one key, and the batch that holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unpersisted {
-    pub batch: BatchSeq,
-    pub delta: i64,
-}
-
-impl FlushState {
-    pub fn new(pending: Arc<PendingDeltas>) -> Self {
-        FlushState {
-            pending,
-            in_flight: Mutex::new(None),
-            open_since: Mutex::new(Instant::now()),
-        }
-    }
-
-    pub fn pending(&self) -> &Arc<PendingDeltas> {
-        &self.pending
-    }
-
-    /// Bytes of keys and deltas held in memory: the open batch and the one being written.
-    pub fn pending_bytes(&self) -> usize {
-        let in_flight = lock(&self.in_flight).as_ref().map_or(0, |b| {
-            b.deltas
-                .iter()
-                .map(|(k, _)| k.len() + std::mem::size_of::<i64>())
-                .sum()
-        });
-        self.pending.open_bytes() + in_flight
-    }
-
-    /// The deltas of `key` that this node holds in memory: at most one in the batch being
-    /// written and one in the open batch. A caller that reads PostgreSQL *after* this call
-    /// adds those whose batch is above the progress it read there.
-    pub fn unpersisted(&self, key: &str) -> Vec<Unpersisted> {
-        let in_flight = lock(&self.in_flight);
-        let mut found = Vec::with_capacity(2);
-        if let Some(batch) = in_flight.as_ref()
-            && let Some(delta) = batch.delta(key)
-        {
-            found.push(Unpersisted {
-                batch: batch.seq,
-                delta,
-            });
-        }
-        if let Some((delta, batch)) = self.pending.get(key) {
-            found.push(Unpersisted { batch, delta });
-        }
-        found
-    }
-
-    /// Age of the oldest increment PostgreSQL does not have yet (an upper bound: the age of
-    /// the batch that holds it), or zero when there is none.
-    pub fn oldest_unpersisted_age(&self) -> Duration {
-        let oldest = match lock(&self.in_flight).as_ref() {
-            Some(batch) => Some(batch.opened_at),
-            None if self.pending.is_dirty() => Some(*lock(&self.open_since)),
-            None => None,
-        };
-        oldest.map_or(Duration::ZERO, |t| t.elapsed())
-    }
-
-    /// What PostgreSQL does not have yet: the batch in flight and the open batch. Exact once
-    /// nothing can add or cut any more (the pending map closed, the flusher stopped).
-    pub fn unwritten(&self) -> Unwritten {
-        let in_flight = lock(&self.in_flight);
-        Unwritten {
-            // The pending map counts its keys until they are released, which happens when
-            // the batch in flight is settled: that is both batches' keys.
-            keys: self.pending.keys(),
-            increments: in_flight.as_ref().map_or(0, |b| b.increments)
-                + self.pending.open_increments(),
-        }
-    }
-
-    /// Closes the open batch as batch `next - 1`, opens batch `next`, and publishes the closed
-    /// one as in flight unless it is empty.
-    fn cut(&self, next: BatchSeq) -> Option<Arc<FlushBatch>> {
-        let mut in_flight = lock(&self.in_flight);
-        debug_assert!(in_flight.is_none(), "one batch in flight at a time");
-        let (deltas, increments) = self.pending.cut_counted(next);
-        let opened_at = std::mem::replace(&mut *lock(&self.open_since), Instant::now());
-        if deltas.is_empty() {
-            return None;
-        }
-        let batch = Arc::new(FlushBatch {
-            increments,
-            ..FlushBatch::new(next - 1, opened_at, deltas)
-        });
-        *in_flight = Some(batch.clone());
-        Some(batch)
-    }
-
-    /// Forgets the batch in flight: PostgreSQL has it.
-    fn settle(&self, batch: &FlushBatch) {
-        let mut in_flight = lock(&self.in_flight);
-        if in_flight.as_ref().is_some_and(|b| b.seq == batch.seq) {
-            *in_flight = None;
-            self.pending.release(batch.deltas.len());
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The task that writes batches. It runs until told to stop, then writes what is left.
 pub struct Flusher {
-    state: Arc<FlushState>,
+    pending: Arc<Unpersisted>,
     storage: Storage,
     owner: Owner,
     interval: Duration,
@@ -205,7 +47,7 @@ pub enum FlushEnd {
     /// Everything acknowledged is in PostgreSQL.
     Drained,
     /// Told to give up while PostgreSQL was failing: the batch it was writing, and what
-    /// collected behind it, were not written ([`FlushState::unwritten`] says how much).
+    /// collected behind it, were not written ([`Unpersisted::unwritten`] says how much).
     Abandoned,
     /// Another process took the node id over; this one stopped writing.
     Fenced,
@@ -251,7 +93,7 @@ enum Written {
 impl Flusher {
     /// A flusher whose first batch is `open_seq`, the batch the pending map is open on.
     pub fn new(
-        state: Arc<FlushState>,
+        pending: Arc<Unpersisted>,
         storage: Storage,
         owner: Owner,
         interval: Duration,
@@ -260,7 +102,7 @@ impl Flusher {
         metrics: Arc<Metrics>,
     ) -> Self {
         Flusher {
-            state,
+            pending,
             storage,
             owner,
             interval,
@@ -346,13 +188,13 @@ impl Flusher {
     /// segments left from before a restart, and retries a deletion that failed, on a quiet
     /// node.
     async fn flush_once(&mut self, abort: &CancellationToken) -> Written {
-        let next = self.open_seq + 1;
-        let batch = self.state.cut(next);
-        self.open_seq = next;
+        let closing = self.open_seq;
+        let batch = self.pending.cut(closing);
+        self.open_seq = closing.next();
         match batch {
             None => {
                 if let Some(journal) = &self.journal {
-                    journal.committed(next - 1);
+                    journal.committed(closing);
                 }
                 Written::Committed
             }
@@ -381,7 +223,7 @@ impl Flusher {
                     crate::fault::point("after-commit");
                     self.record_success(work, &outcome, seconds, failures);
                     if let Work::Live(batch) = work {
-                        self.state.settle(batch);
+                        self.pending.settle(batch);
                         if let Some(journal) = &self.journal {
                             journal.committed(batch.seq);
                         }
@@ -389,7 +231,7 @@ impl Flusher {
                     return Written::Committed;
                 }
                 Err(e @ StorageError::Fenced(_)) => {
-                    tracing::error!(error = %e, batch = work.batch(), "flush refused; this process stops writing");
+                    tracing::error!(error = %e, batch = work.batch().get(), "flush refused; this process stops writing");
                     return Written::Fenced;
                 }
                 Err(e) => {
@@ -416,7 +258,7 @@ impl Flusher {
         if outcome.applied {
             self.metrics.flushed_rows.inc_by(work.keys() as u64);
         }
-        let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
+        let (batch, epoch) = (work.batch().get(), work.epoch(&self.owner));
         // One line per left-out delta, the only trace of it outside rejected_increments.
         for r in &outcome.rejected {
             self.metrics.reject(r.reason.label(), 1);
@@ -441,7 +283,7 @@ impl Flusher {
     /// Logs the first failure of a batch as a warning, later ones only at debug level: one
     /// line per change of state, not one per retry.
     fn report_failure(&self, work: Work<'_>, error: &StorageError, failures: u32) {
-        let (batch, epoch) = (work.batch(), work.epoch(&self.owner));
+        let (batch, epoch) = (work.batch().get(), work.epoch(&self.owner));
         if failures == 1 {
             tracing::warn!(
                 batch,

@@ -6,7 +6,14 @@
 
 use std::borrow::Cow;
 
-use crate::config::KeyFormat;
+/// Which keys are accepted (`--key-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// Any key of 1 to 256 bytes of UTF-8 without control characters.
+    Any,
+    /// Hyphenated UUIDs only, stored in lowercase.
+    Uuid,
+}
 
 /// Longest key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 256;

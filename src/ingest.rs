@@ -1,8 +1,8 @@
 //! The request path: where a valid increment goes before the client gets its answer.
 //!
-//! In `buffered` mode an increment is added to the [`PendingDeltas`](crate::pending::PendingDeltas),
-//! which says which batch it landed in; with the journal, a record of it tagged with that batch
-//! is then made durable, and only then is it acknowledged (the flusher writes it to PostgreSQL
+//! In `buffered` mode an increment is added to the pending buffer ([`Unpersisted`]), which
+//! says which batch it landed in; with the journal, a record of it tagged with that batch is
+//! then made durable, and only then is it acknowledged (the flusher writes it to PostgreSQL
 //! later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
 //! to PostgreSQL in its own transaction first, and the answer carries the new total.
 //!
@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
-use crate::flush::FlushState;
+use crate::batch::BatchSeq;
 use crate::increment::Increment;
 use crate::journal::{Journal, JournalError};
-use crate::pending::{AddError, BatchSeq};
+use crate::pending::{AddError, Unpersisted};
 use crate::storage::{Owner, Storage, StorageError};
 
 /// What the client is told once an increment is taken.
@@ -66,10 +66,11 @@ pub enum Ingest {
     Sync(Storage),
 }
 
-/// The buffered request path: the pending map and what it needs to answer reads.
+/// The buffered request path: the pending buffer and what it needs to answer reads.
 #[derive(Clone)]
 pub struct Buffered {
-    pub flush: Arc<FlushState>,
+    /// Shared with the flusher, which writes what requests add to it.
+    pub pending: Arc<Unpersisted>,
     pub storage: Storage,
     /// This node and its epoch, whose progress says which in-memory batches PostgreSQL has.
     pub owner: Owner,
@@ -80,12 +81,41 @@ pub struct Buffered {
 }
 
 impl Ingest {
+    /// Whether increments are in PostgreSQL before the answer (`--mode sync`).
+    pub fn is_sync(&self) -> bool {
+        matches!(self, Ingest::Sync(_))
+    }
+
+    /// The pending buffer, in buffered mode.
+    pub fn pending(&self) -> Option<&Unpersisted> {
+        match self {
+            Ingest::Buffered(b) => Some(&b.pending),
+            Ingest::Sync(_) => None,
+        }
+    }
+
+    /// The journal increments go through, with `--durability journal`.
+    pub fn journal(&self) -> Option<&Journal> {
+        match self {
+            Ingest::Buffered(b) => b.journal.as_ref(),
+            Ingest::Sync(_) => None,
+        }
+    }
+
+    /// The database.
+    pub fn storage(&self) -> &Storage {
+        match self {
+            Ingest::Buffered(b) => &b.storage,
+            Ingest::Sync(storage) => storage,
+        }
+    }
+
     /// Takes one increment.
     pub async fn increment(&self, inc: &Increment<'_>) -> Result<Receipt, IngestError> {
         match self {
             Ingest::Buffered(b) => {
                 b.check_journal()?;
-                let batch = match b.flush.pending().add(inc.key(), inc.value()) {
+                let batch = match b.pending.add(inc.key(), inc.value()) {
                     Ok(batch) => batch,
                     Err(e) => return Err(b.refuse(e, inc.key(), None)),
                 };
@@ -109,7 +139,7 @@ impl Ingest {
             Ingest::Buffered(b) => {
                 b.check_journal()?;
                 let items: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
-                let batches = match b.flush.pending().add_all(&items) {
+                let batches = match b.pending.add_all(&items) {
                     Ok(batches) => batches,
                     Err((index, e)) => {
                         let key = index.map_or("", |i| incs[i].key());
@@ -117,7 +147,7 @@ impl Ingest {
                     }
                 };
                 if let Some(journal) = &b.journal {
-                    let records: Vec<(u64, &str, i64)> = batches
+                    let records: Vec<(BatchSeq, &str, i64)> = batches
                         .iter()
                         .zip(&items)
                         .map(|(&batch, &(key, value))| (batch, key, value))
@@ -151,7 +181,7 @@ impl Ingest {
             Ingest::Buffered(b) => {
                 // Memory first, then PostgreSQL: a batch that commits in between is then in
                 // both, and the progress read with the total says to skip its memory copy.
-                let held = b.flush.unpersisted(key);
+                let held = b.pending.held(key);
                 let (persisted, progress) = b
                     .storage
                     .counter_and_progress(key, &b.owner)
@@ -213,7 +243,7 @@ impl Buffered {
                 ..
             }
         );
-        if self.flush.pending().undo_all(adds) && !maybe_written {
+        if self.pending.undo_all(adds) && !maybe_written {
             IngestError::Journal(e.to_string())
         } else {
             IngestError::OutcomeUnknown(e.to_string())

@@ -1,13 +1,18 @@
 //! Tally: an HTTP counting service that answers at once and keeps exact totals in PostgreSQL.
 //!
-//! A request goes through [`http`] (parse), [`increment`] (validate) and [`ingest`] (the
-//! request path: into [`pending`] deltas, or straight to PostgreSQL in sync mode). The
-//! [`flush`] path moves pending deltas into PostgreSQL through [`storage`], exactly once.
-//! [`app`] wires them together and runs a node from start to stop. [`load`] is the verifying
-//! load generator (`tally load`).
+//! The modules follow the data. A request goes through [`http`] (parse), [`increment`]
+//! (validate) and [`ingest`] (the request path: into the [`pending`] buffer and the
+//! [`journal`], or straight to PostgreSQL in sync mode). The [`flush`] path writes the pending
+//! buffer to PostgreSQL through [`storage`], one [`batch`] at a time, exactly once; at start,
+//! [`recovery`] replays what the journal holds and PostgreSQL lacks. [`app`] wires them
+//! together and runs a node from start to stop on the [`database`] it opens; a
+//! [`StartError`] says whether a start was refused. [`load`] is the verifying load generator
+//! (`tally load`).
 
 pub mod app;
+pub mod batch;
 pub mod config;
+pub mod database;
 pub mod fault;
 pub mod flush;
 pub mod http;
@@ -23,23 +28,54 @@ pub mod readiness;
 pub mod recovery;
 pub mod shutdown;
 pub mod storage;
+mod sync;
 pub mod telemetry;
 
-/// The exit status for a failed run: 2 when Tally refused to start because of how it was
-/// configured or installed, or because of the database it was given (fix that and retry), 1
-/// for anything else.
+/// Why a node could not start, or a command could not open what it needs (a node's data
+/// directory, its database): the error of the start path, which alone decides whether `tally`
+/// refused to start ([`is_refusal`](Self::is_refusal)).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be used: locked by another process, another node's, or
+    /// unreadable.
+    #[error(transparent)]
+    DataDir(#[from] node::DataDirError),
+    /// The managed PostgreSQL could not be found, created or started.
+    #[error(transparent)]
+    Managed(#[from] storage::managed::ManagedError),
+    /// PostgreSQL failed, or refused this node: its id in use by a live process, or an
+    /// encoding other than UTF8.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    /// Anything else: a damaged journal, an invalid database URL, a failed replay.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl StartError {
+    /// Whether `tally` refused to start because of how it was configured or installed, or
+    /// because of the database it was given: fixing that is the operator's, and retrying
+    /// as it is cannot help (exit status 2). Anything else is a failure (exit status 1).
+    pub fn is_refusal(&self) -> bool {
+        use storage::StorageError::{NodeInUse, NotUtf8};
+        match self {
+            StartError::DataDir(_) => true,
+            StartError::Managed(e) => {
+                matches!(e, storage::managed::ManagedError::NotInstalled { .. })
+            }
+            StartError::Storage(e) => matches!(e, NodeInUse(_) | NotUtf8(_)),
+            StartError::Failed(_) => false,
+        }
+    }
+}
+
+/// The exit status for a failed run: 2 when Tally refused to start
+/// ([`StartError::is_refusal`]), 1 for anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     let refused = e.chain().any(|cause| {
-        cause.is::<config::ConfigError>()
-            || cause.is::<node::DataDirError>()
-            || matches!(
-                cause.downcast_ref::<storage::StorageError>(),
-                Some(storage::StorageError::NodeInUse(_) | storage::StorageError::NotUtf8(_))
-            )
-            || matches!(
-                cause.downcast_ref::<storage::managed::ManagedError>(),
-                Some(storage::managed::ManagedError::NotInstalled { .. })
-            )
+        cause
+            .downcast_ref::<StartError>()
+            .is_some_and(StartError::is_refusal)
     });
     if refused { 2 } else { 1 }
 }
@@ -48,19 +84,25 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 mod tests {
     use super::*;
 
+    fn code(e: impl Into<StartError>) -> u8 {
+        exit_code(&anyhow::Error::new(e.into()))
+    }
+
     #[test]
     fn refusals_to_start_exit_2_and_failures_exit_1() {
-        let not_installed = anyhow::Error::new(storage::managed::ManagedError::NotInstalled {
+        let not_installed = StartError::from(storage::managed::ManagedError::NotInstalled {
             searched: "PATH".into(),
         });
         assert_eq!(
-            exit_code(&not_installed.context("cannot open the database")),
+            exit_code(&anyhow::Error::new(not_installed).context("cannot open the database")),
             2
         );
-        let locked = node::DataDirError::Locked("/srv/tally".into());
-        assert_eq!(exit_code(&anyhow::Error::new(locked)), 2);
-        let latin1 = storage::StorageError::NotUtf8("LATIN1".into());
-        assert_eq!(exit_code(&anyhow::Error::new(latin1)), 2);
+        assert_eq!(code(node::DataDirError::Locked("/srv/tally".into())), 2);
+        assert_eq!(code(storage::StorageError::NotUtf8("LATIN1".into())), 2);
+        assert_eq!(code(storage::StorageError::NodeInUse("a".into())), 2);
+        let unreachable = storage::StorageError::Unavailable("connection refused".into());
+        assert_eq!(code(unreachable), 1);
+        assert_eq!(code(anyhow::anyhow!("the journal is damaged")), 1);
         assert_eq!(exit_code(&anyhow::anyhow!("the HTTP server failed")), 1);
     }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use tally::config::{self, Command};
-use tally::{app, exit_code, shutdown::Shutdown, storage::Database, telemetry};
+use tally::{StartError, app, database::Database, exit_code, shutdown::Shutdown, telemetry};
 
 fn main() -> ExitCode {
     let command = match config::load() {
@@ -34,23 +34,24 @@ fn main() -> ExitCode {
             }
             Command::Migrate(config) => {
                 telemetry::init(config.log_format);
-                let data_dir = tally::node::DataDir::open(&config.database.data_dir)?;
+                let data_dir = tally::node::DataDir::open(&config.database.data_dir)
+                    .map_err(StartError::from)?;
                 let database = Database::open(&config.database, data_dir.path()).await?;
                 tracing::info!(database = %database.description, "migrations are up to date");
                 database.close().await;
                 Ok(())
             }
             Command::Postgres(config) => {
-                telemetry::init(tally::config::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text);
                 postgres(config).await
             }
             Command::Journal(config) => {
-                telemetry::init(tally::config::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text);
                 journal(config)
             }
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
-                telemetry::init(tally::config::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text);
                 tally::load::run(config).await.map(|_report| ())
             }
         }
@@ -78,12 +79,14 @@ async fn postgres(config: tally::config::PostgresConfig) -> anyhow::Result<()> {
     let options = ManagedOptions::default();
     tokio::task::spawn_blocking(move || match config.action {
         PostgresAction::Start => {
-            let cluster = ManagedPostgres::start(&dir, &options)?;
+            let cluster = ManagedPostgres::start(&dir, &options).map_err(StartError::from)?;
             println!("{}", cluster.connection_string(&options.database));
             Ok(())
         }
         PostgresAction::Stop => {
-            ManagedPostgres::attach(&dir, &options)?.stop()?;
+            ManagedPostgres::attach(&dir, &options)
+                .and_then(|cluster| cluster.stop())
+                .map_err(StartError::from)?;
             Ok(())
         }
     })
@@ -94,7 +97,7 @@ async fn postgres(config: tally::config::PostgresConfig) -> anyhow::Result<()> {
 fn journal(config: tally::config::JournalConfig) -> anyhow::Result<()> {
     use tally::config::JournalAction;
     // The lock keeps a running node's journal out of reach.
-    let data_dir = tally::node::DataDir::open(&config.data_dir)?;
+    let data_dir = tally::node::DataDir::open(&config.data_dir).map_err(StartError::from)?;
     let dir = data_dir.path().join("journal");
     match config.action {
         JournalAction::Check => {

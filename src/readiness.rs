@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::flush::FlushState;
 use crate::journal::Journal;
+use crate::pending::Unpersisted;
 use crate::storage::Storage;
 
 /// The hard freshness bound of DESIGN.md: past it, the node reports itself not ready.
@@ -41,25 +41,25 @@ pub enum NotReady {
 pub struct Readiness {
     shutting_down: CancellationToken,
     storage: Storage,
-    flush: Option<Arc<FlushState>>,
+    pending: Option<Arc<Unpersisted>>,
     journal: Option<Journal>,
     max_journal_bytes: u64,
 }
 
 impl Readiness {
-    /// `flush` is `None` in sync mode, where nothing is ever unpersisted; `journal` is `None`
+    /// `pending` is `None` in sync mode, where nothing is ever unpersisted; `journal` is `None`
     /// unless increments go through one, and then refuses them past `max_journal_bytes`.
     pub fn new(
         shutting_down: CancellationToken,
         storage: Storage,
-        flush: Option<Arc<FlushState>>,
+        pending: Option<Arc<Unpersisted>>,
         journal: Option<Journal>,
         max_journal_bytes: u64,
     ) -> Self {
         Readiness {
             shutting_down,
             storage,
-            flush,
+            pending,
             journal,
             max_journal_bytes,
         }
@@ -81,11 +81,11 @@ impl Readiness {
                 });
             }
         }
-        if let Some(flush) = &self.flush {
-            if flush.pending().is_full() {
+        if let Some(pending) = &self.pending {
+            if pending.is_full() {
                 return Err(NotReady::PendingFull);
             }
-            let age = flush.oldest_unpersisted_age();
+            let age = pending.oldest_age();
             if age > FRESHNESS_BOUND {
                 return Err(NotReady::Stale(age));
             }

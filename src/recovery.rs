@@ -17,8 +17,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::batch::BatchSeq;
 use crate::journal::{Journal, JournalOptions, OpenReport};
-use crate::pending::BatchSeq;
 use crate::storage::{Applied, Replay};
 
 /// The journal, open for appends, and what it held that PostgreSQL does not.

@@ -4,7 +4,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: one line of text per event.
+    Text,
+    /// For machines: one JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber. Later calls (several apps in one test process) are no-ops.
 pub fn init(format: LogFormat) {

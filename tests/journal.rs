@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use rand::RngExt;
+use tally::batch::BatchSeq;
 use tally::journal::{Journal, JournalError, JournalOptions, OpenReport};
 
 type Rec = (u64, String, i64);
@@ -19,8 +20,9 @@ fn record_len(key: &str) -> u64 {
 
 fn open(options: JournalOptions) -> Result<(Journal, Vec<Rec>, OpenReport), JournalError> {
     let mut seen = Vec::new();
-    let (journal, report) =
-        Journal::open(options, |r| seen.push((r.batch, r.key.to_owned(), r.delta)))?;
+    let (journal, report) = Journal::open(options, |r| {
+        seen.push((r.batch.get(), r.key.to_owned(), r.delta))
+    })?;
     Ok((journal, seen, report))
 }
 
@@ -75,7 +77,10 @@ fn flip_byte(path: &Path, at: u64) {
 
 async fn append_all(journal: &Journal, records: &[Rec]) {
     for (batch, key, delta) in records {
-        journal.append_one(*batch, key, *delta).await.unwrap();
+        journal
+            .append_one(BatchSeq::new(*batch), key, *delta)
+            .await
+            .unwrap();
     }
 }
 
@@ -127,8 +132,10 @@ async fn appends_replay_in_order_across_many_segments_and_twice_alike() {
     let written = records(0..3000);
     for chunk in written.chunks(10) {
         if chunk[0].0 % 2 == 0 {
-            let slice: Vec<(u64, &str, i64)> =
-                chunk.iter().map(|(b, k, d)| (*b, k.as_str(), *d)).collect();
+            let slice: Vec<(BatchSeq, &str, i64)> = chunk
+                .iter()
+                .map(|(b, k, d)| (BatchSeq::new(*b), k.as_str(), *d))
+                .collect();
             journal.append(&slice).await.unwrap();
         } else {
             append_all(&journal, chunk).await;
@@ -143,7 +150,7 @@ async fn appends_replay_in_order_across_many_segments_and_twice_alike() {
     assert_eq!(replayed, written);
     assert!(report.segments > 10, "{report:?}");
     assert_eq!(report.records, 3000);
-    assert_eq!(report.max_batch, Some(299));
+    assert_eq!(report.max_batch, Some(BatchSeq::new(299)));
     assert_eq!(report.torn_tail, None);
     assert_eq!(journal.bytes(), disk_bytes(dir.path()));
     drop(journal);
@@ -174,7 +181,10 @@ async fn check_cut(template: &Path, cut: u64, expected: &[Rec], torn: bool) {
         let warning = report.torn_tail.unwrap();
         assert!(warning.contains(&format!("byte {}", fs::metadata(&last).unwrap().len())));
     }
-    journal.append_one(999, "after", 1).await.unwrap();
+    journal
+        .append_one(BatchSeq::new(999), "after", 1)
+        .await
+        .unwrap();
     journal.close().unwrap();
     drop(journal);
 
@@ -363,13 +373,13 @@ async fn committed_deletes_exactly_the_segments_of_committed_batches() {
     );
     assert_eq!(journal.bytes(), disk_bytes(dir.path()));
 
-    journal.committed(1);
+    journal.committed(BatchSeq::new(1));
     journal.settle().await;
     assert_eq!(segments(dir.path()), files[2..]);
     assert_eq!(journal.bytes(), disk_bytes(dir.path()));
 
-    journal.committed(1);
-    journal.committed(2);
+    journal.committed(BatchSeq::new(1));
+    journal.committed(BatchSeq::new(2));
     journal.settle().await;
     assert_eq!(segments(dir.path()), files[4..]);
     assert_eq!(journal.bytes(), disk_bytes(dir.path()));
@@ -379,13 +389,13 @@ async fn committed_deletes_exactly_the_segments_of_committed_batches() {
 
     let (journal, replayed, report) = open(options()).unwrap();
     assert_eq!(replayed, written[4..], "the rest still replays");
-    assert_eq!(report.max_batch, Some(3));
-    journal.committed(3);
+    assert_eq!(report.max_batch, Some(BatchSeq::new(3)));
+    journal.committed(BatchSeq::new(3));
     journal.settle().await;
     let left = segments(dir.path());
     assert_eq!(left.len(), 1, "only the active segment is left: {left:?}");
     assert_eq!(journal.bytes(), disk_bytes(dir.path()));
-    journal.append_one(4, "k6", 1).await.unwrap();
+    journal.append_one(BatchSeq::new(4), "k6", 1).await.unwrap();
     journal.close().unwrap();
     drop(journal);
     let (_journal, replayed, _) = open(options()).unwrap();
@@ -399,7 +409,7 @@ async fn the_active_segment_is_never_deleted_but_rotates_once_committed() {
     append_all(&journal, &records(0..20)).await;
     let files = segments(dir.path());
     let bytes = journal.bytes();
-    journal.committed(100);
+    journal.committed(BatchSeq::new(100));
     journal.settle().await;
     assert_eq!(segments(dir.path()), files, "the active segment stays");
     assert_eq!(journal.bytes(), bytes);
@@ -412,9 +422,12 @@ async fn the_active_segment_is_never_deleted_but_rotates_once_committed() {
     };
     let (journal, replayed, _) = open(rotating.clone()).unwrap();
     assert_eq!(replayed.len(), 20);
-    journal.append_one(200, "small", 1).await.unwrap();
+    journal
+        .append_one(BatchSeq::new(200), "small", 1)
+        .await
+        .unwrap();
     let active = segments(dir.path()).pop().unwrap();
-    journal.committed(100);
+    journal.committed(BatchSeq::new(100));
     journal.settle().await;
     assert_eq!(
         segments(dir.path()),
@@ -423,7 +436,7 @@ async fn the_active_segment_is_never_deleted_but_rotates_once_committed() {
     );
 
     append_all(&journal, &records(0..20)).await;
-    journal.committed(150);
+    journal.committed(BatchSeq::new(150));
     journal.settle().await;
     assert_eq!(
         segments(dir.path()),
@@ -431,7 +444,7 @@ async fn the_active_segment_is_never_deleted_but_rotates_once_committed() {
         "it holds batch 200"
     );
 
-    journal.committed(200);
+    journal.committed(BatchSeq::new(200));
     journal.settle().await;
     let left = segments(dir.path());
     assert_eq!(left.len(), 1, "rotated, and the old one deleted: {left:?}");
@@ -451,14 +464,20 @@ async fn the_active_segment_is_never_deleted_but_rotates_once_committed() {
 async fn segments_are_deleted_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _, _) = open(small_segments(dir.path(), 1)).unwrap();
-    journal.append_one(6, "late", 1).await.unwrap();
-    journal.append_one(5, "early", 1).await.unwrap();
+    journal
+        .append_one(BatchSeq::new(6), "late", 1)
+        .await
+        .unwrap();
+    journal
+        .append_one(BatchSeq::new(5), "early", 1)
+        .await
+        .unwrap();
     journal.settle().await;
     let files = segments(dir.path());
-    journal.committed(5);
+    journal.committed(BatchSeq::new(5));
     journal.settle().await;
     assert_eq!(segments(dir.path()), files);
-    journal.committed(6);
+    journal.committed(BatchSeq::new(6));
     journal.settle().await;
     assert_eq!(segments(dir.path()), files[2..]);
     assert_eq!(journal.bytes(), disk_bytes(dir.path()));
@@ -470,7 +489,7 @@ async fn a_missing_directory_is_created() {
     let nested = dir.path().join("data").join("journal");
     let (journal, _, report) = open(JournalOptions::new(&nested)).unwrap();
     assert_eq!(report.segments, 0);
-    journal.append_one(1, "k", 1).await.unwrap();
+    journal.append_one(BatchSeq::new(1), "k", 1).await.unwrap();
     assert_eq!(segments(&nested).len(), 1);
     assert_eq!(
         segments(&nested)[0].file_name().unwrap(),
@@ -487,7 +506,10 @@ async fn journal_ending_in_a_group(dir: &Path, group: usize) -> (Vec<Rec>, u64) 
     let last = segments(dir).pop().unwrap();
     let group_start = fs::metadata(&last).unwrap().len();
     let tail = records(10..10 + group as u64);
-    let slice: Vec<(u64, &str, i64)> = tail.iter().map(|(b, k, d)| (*b, k.as_str(), *d)).collect();
+    let slice: Vec<(BatchSeq, &str, i64)> = tail
+        .iter()
+        .map(|(b, k, d)| (BatchSeq::new(*b), k.as_str(), *d))
+        .collect();
     journal.append(&slice).await.unwrap();
     journal.close().unwrap();
     assert_eq!(journal.stats().syncs, 11, "the tail is one group commit");
@@ -595,11 +617,11 @@ async fn records_carry_their_epoch_and_earlier_epochs_go_once_replayed() {
         ..JournalOptions::new(dir.path())
     };
     let (journal, _) = Journal::open(with_epoch(3), |_| {}).unwrap();
-    journal.append_one(1, "a", 1).await.unwrap();
+    journal.append_one(BatchSeq::new(1), "a", 1).await.unwrap();
     journal.close().unwrap();
     drop(journal);
     let (journal, _) = Journal::open(with_epoch(5), |_| {}).unwrap();
-    journal.append_one(1, "b", 1).await.unwrap();
+    journal.append_one(BatchSeq::new(1), "b", 1).await.unwrap();
     journal.close().unwrap();
     drop(journal);
     assert_eq!(
@@ -609,11 +631,11 @@ async fn records_carry_their_epoch_and_earlier_epochs_go_once_replayed() {
 
     let mut seen = Vec::new();
     let (journal, _) = Journal::open(with_epoch(6), |r| {
-        seen.push((r.epoch, r.lsn, r.batch, r.key.to_owned()))
+        seen.push((r.epoch, r.lsn, r.batch.get(), r.key.to_owned()))
     })
     .unwrap();
     assert_eq!(seen, [(3, 1, 1, "a".to_owned()), (5, 2, 1, "b".to_owned())]);
-    journal.committed(1);
+    journal.committed(BatchSeq::new(1));
     journal.settle().await;
     assert_eq!(
         segments(dir.path()).len(),
@@ -641,13 +663,16 @@ async fn a_version_1_journal_replays_as_epoch_0() {
     .unwrap();
     let mut seen = Vec::new();
     let (journal, report) = Journal::open(JournalOptions::new(dir.path()), |r| {
-        seen.push((r.epoch, r.batch, r.key.to_owned(), r.delta))
+        seen.push((r.epoch, r.batch.get(), r.key.to_owned(), r.delta))
     })
     .unwrap();
     assert_eq!(report.records, 5);
     let expected: Vec<_> = old.iter().map(|(b, k, d)| (0, *b, k.clone(), *d)).collect();
     assert_eq!(seen, expected);
-    journal.append_one(7, "new", 1).await.unwrap();
+    journal
+        .append_one(BatchSeq::new(7), "new", 1)
+        .await
+        .unwrap();
     journal.close().unwrap();
     drop(journal);
     let (_journal, replayed, _) = open(JournalOptions::new(dir.path())).unwrap();

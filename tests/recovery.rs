@@ -16,6 +16,7 @@ use common::postgres::{TestDatabase, fresh_database};
 use common::process::{TallyProcess, tally_command};
 use reqwest::StatusCode;
 use serde_json::json;
+use tally::batch::BatchSeq;
 use tally::journal::{Journal, JournalOptions};
 
 /// Posts `body` to `path` and returns the status.
@@ -237,10 +238,11 @@ async fn a_batch_replays_whatever_order_its_records_reached_the_journal() {
 async fn write_journal(data_dir: &Path, keys: &[&str], group: &[&str]) {
     let (journal, _) =
         Journal::open(JournalOptions::new(data_dir.join("journal")), |_| {}).unwrap();
+    let batch = BatchSeq::first();
     for key in keys {
-        journal.append_one(1, key, 1).await.unwrap();
+        journal.append_one(batch, key, 1).await.unwrap();
     }
-    let records: Vec<(u64, &str, i64)> = group.iter().map(|k| (1, *k, 1)).collect();
+    let records: Vec<(BatchSeq, &str, i64)> = group.iter().map(|k| (batch, *k, 1)).collect();
     journal.append(&records).await.unwrap();
     journal.close().unwrap();
 }

@@ -1,4 +1,5 @@
-//! Request bodies: the JSON extractor and the parser of increment bodies.
+//! Request bodies: the JSON extractor, the parser of increment bodies, the 400 a body of the
+//! wrong shape gets, and the body's schema for the OpenAPI document.
 //!
 //! axum's `Json` answers 422 with a plain-text body for data errors; Tally's contract wants a
 //! 400, 413 or 415 with a JSON error naming the field. So the extractor checks the content
@@ -18,17 +19,17 @@ use http_body_util::BodyExt;
 use serde::Deserializer as _;
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::AppState;
+use super::context::ApiContext;
 use super::error::ApiError;
 
 /// A request body that declared itself JSON and fits the size limit.
 pub struct JsonBody(pub Bytes);
 
-impl FromRequest<Arc<AppState>> for JsonBody {
+impl FromRequest<Arc<ApiContext>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let limit = state.max_body_bytes;
+    async fn from_request(req: Request, ctx: &Arc<ApiContext>) -> Result<Self, ApiError> {
+        let limit = ctx.max_body_bytes;
         let headers = req.headers();
         let is_json = headers
             .get(CONTENT_TYPE)
@@ -135,6 +136,75 @@ pub enum ShapeError {
         index: usize,
         error: Box<ShapeError>,
     },
+}
+
+/// What the client is told about a body of the wrong shape: a 400 naming the field.
+impl From<ShapeError> for ApiError {
+    fn from(e: ShapeError) -> Self {
+        use ShapeError::*;
+        match e {
+            Malformed(why) => ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {why}"),
+                None,
+            ),
+            WrongBody { expected, found } => ApiError::bad_request(
+                "invalid_body",
+                format!("the body must be {expected}, not {found}"),
+                None,
+            ),
+            Missing(field) => {
+                ApiError::bad_request("missing_field", format!("{field} is required"), Some(field))
+            }
+            Unknown(name) => ApiError::bad_request(
+                "unknown_field",
+                format!("unknown field {name:?}; an increment has only \"key\" and \"value\""),
+                None,
+            )
+            .on(name),
+            Duplicate(field) => ApiError::bad_request(
+                "duplicate_field",
+                format!("{field} is given more than once"),
+                Some(field),
+            ),
+            WrongType {
+                field: "key",
+                found,
+            } => ApiError::bad_request(
+                "invalid_type",
+                format!("key must be a string, not {found}"),
+                Some("key"),
+            ),
+            WrongType { field, found } => ApiError::bad_request(
+                "invalid_type",
+                format!("{field} must be an integer, not {found}"),
+                Some(field),
+            ),
+            ValueOutOfRange => ApiError::bad_request(
+                "invalid_value",
+                "value must be an integer in the signed 64-bit range",
+                Some("value"),
+            ),
+            TooMany { max } => ApiError::bad_request(
+                "too_many_items",
+                format!("at most {max} increments per request"),
+                None,
+            ),
+            Item { index, error } => ApiError::from(*error).at_index(index),
+        }
+    }
+}
+
+/// The body of `POST /increment`, one item of `POST /increments`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: the parser below reads bodies
+pub struct IncrementRequest {
+    /// 1 to 256 bytes of UTF-8, no control characters (a hyphenated UUID with `--key-format uuid`).
+    #[schema(min_length = 1, max_length = 256, example = "page-views")]
+    key: String,
+    /// A non-zero integer; at least 1 unless negatives are allowed.
+    #[schema(example = 1)]
+    value: i64,
 }
 
 /// An increment as the body gave it: a string key and a 64-bit integer value, not yet checked

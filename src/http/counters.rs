@@ -3,20 +3,18 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
+use super::context::ApiContext;
 use super::error::ApiError;
+use super::route::Route;
 use crate::increment::check_key;
 
-pub fn router() -> Router<Arc<AppState>> {
-    // A wildcard, so that keys holding '/' need no escaping.
-    Router::new().route("/counters/{*key}", get(counter))
-}
+pub const ROUTES: &[Route] = &[Route::new("/counters/{key}", || get(counter))];
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Counter {
@@ -32,7 +30,7 @@ pub(crate) struct Counter {
     (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn counter(
-    State(state): State<Arc<AppState>>,
+    State(ctx): State<Arc<ApiContext>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Counter>, ApiError> {
     let Path(key) = key.map_err(|e| {
@@ -42,8 +40,8 @@ pub(crate) async fn counter(
             Some("key"),
         )
     })?;
-    let key = check_key(Cow::Owned(key), state.rules.key_format)?.into_owned();
-    match state.ingest.total(&key).await? {
+    let key = check_key(Cow::Owned(key), ctx.rules.key_format)?.into_owned();
+    match ctx.ingest.total(&key).await? {
         Some(value) => Ok(Json(Counter { key, value })),
         None => Err(ApiError::not_found(
             "counter_not_found",

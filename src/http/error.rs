@@ -8,7 +8,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::body::ShapeError;
 use crate::increment::RuleViolation;
 use crate::ingest::IngestError;
 use crate::storage::StorageError;
@@ -77,7 +76,8 @@ impl ApiError {
         }
     }
 
-    fn on(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+    /// Names the offending field.
+    pub(super) fn on(mut self, field: impl Into<Cow<'static, str>>) -> Self {
         self.field = Some(field.into());
         self
     }
@@ -141,62 +141,6 @@ impl ApiError {
             None => format!("[{index}]").into(),
         });
         self
-    }
-}
-
-impl From<ShapeError> for ApiError {
-    fn from(e: ShapeError) -> Self {
-        use ShapeError::*;
-        match e {
-            Malformed(why) => ApiError::bad_request(
-                "malformed_json",
-                format!("the body is not valid JSON: {why}"),
-                None,
-            ),
-            WrongBody { expected, found } => ApiError::bad_request(
-                "invalid_body",
-                format!("the body must be {expected}, not {found}"),
-                None,
-            ),
-            Missing(field) => {
-                ApiError::bad_request("missing_field", format!("{field} is required"), Some(field))
-            }
-            Unknown(name) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_field",
-                format!("unknown field {name:?}; an increment has only \"key\" and \"value\""),
-            )
-            .on(name),
-            Duplicate(field) => ApiError::bad_request(
-                "duplicate_field",
-                format!("{field} is given more than once"),
-                Some(field),
-            ),
-            WrongType {
-                field: "key",
-                found,
-            } => ApiError::bad_request(
-                "invalid_type",
-                format!("key must be a string, not {found}"),
-                Some("key"),
-            ),
-            WrongType { field, found } => ApiError::bad_request(
-                "invalid_type",
-                format!("{field} must be an integer, not {found}"),
-                Some(field),
-            ),
-            ValueOutOfRange => ApiError::bad_request(
-                "invalid_value",
-                "value must be an integer in the signed 64-bit range",
-                Some("value"),
-            ),
-            TooMany { max } => ApiError::bad_request(
-                "too_many_items",
-                format!("at most {max} increments per request"),
-                None,
-            ),
-            Item { index, error } => ApiError::from(*error).at_index(index),
-        }
     }
 }
 

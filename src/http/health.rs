@@ -2,21 +2,21 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::context::ApiContext;
 use super::error::ApiError;
+use super::route::Route;
 use crate::readiness::NotReady;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/health", get(health))
-        .route("/ready", get(ready))
-}
+pub const ROUTES: &[Route] = &[
+    Route::new("/health", || get(health)),
+    Route::new("/api/health", || get(health)),
+    Route::new("/ready", || get(ready)),
+];
 
 /// Liveness: 200 while the process runs.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")))]
@@ -29,8 +29,8 @@ pub(crate) async fn health() -> Json<Value> {
     (status = 200, description = "Ready for traffic"),
     (status = 503, description = "Not ready; the message says why", body = super::error::ErrorBody),
 ))]
-pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    match state.readiness.check().await {
+pub(crate) async fn ready(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Value>, ApiError> {
+    match ctx.readiness.check().await {
         Ok(()) => Ok(Json(json!({"status": "ready"}))),
         Err(reason) => {
             let code = match reason {

@@ -2,25 +2,25 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
 use super::body::{JsonBody, parse_increment, parse_increments};
+use super::context::ApiContext;
 use super::error::ApiError;
+use super::route::Route;
 use crate::increment::Increment;
 use crate::ingest::Receipt;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/increment", post(increment))
-        .route("/api/increment", post(increment))
-        .route("/increments", post(increments))
-}
+pub const ROUTES: &[Route] = &[
+    Route::new("/increment", || post(increment)),
+    Route::new("/api/increment", || post(increment)),
+    Route::new("/increments", || post(increments)),
+];
 
 /// The answer in `sync` mode.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -36,7 +36,7 @@ pub(crate) struct Accepted {
 }
 
 /// Adds `value` to the total of `key`.
-#[utoipa::path(post, path = "/increment", request_body = super::openapi::IncrementRequest, responses(
+#[utoipa::path(post, path = "/increment", request_body = super::body::IncrementRequest, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode); empty body"),
     (status = 200, description = "Applied (sync mode), with the new total", body = Applied),
     (status = 400, description = "Malformed or invalid body, or a total out of the 64-bit range", body = super::error::ErrorBody),
@@ -45,15 +45,15 @@ pub(crate) struct Accepted {
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increment(
-    State(state): State<Arc<AppState>>,
+    State(ctx): State<Arc<ApiContext>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let parsed = parse_increment(&body)
         .map_err(ApiError::from)
-        .and_then(|raw| Ok(Increment::new(raw.key, raw.value, &state.rules)?));
-    let inc = state.count_invalid(parsed, 1)?;
-    let receipt = state.ingest.increment(&inc).await;
-    Ok(match state.count(receipt, 1)? {
+        .and_then(|raw| Ok(Increment::new(raw.key, raw.value, &ctx.rules)?));
+    let inc = ctx.count_invalid(parsed, 1)?;
+    let receipt = ctx.ingest.increment(&inc).await;
+    Ok(match ctx.count(receipt, 1)? {
         Receipt::Buffered => StatusCode::ACCEPTED.into_response(),
         Receipt::Applied { total } => Json(Applied {
             key: inc.key(),
@@ -65,7 +65,7 @@ pub(crate) async fn increment(
 }
 
 /// Adds several increments, all or none.
-#[utoipa::path(post, path = "/increments", request_body = Vec<super::openapi::IncrementRequest>, responses(
+#[utoipa::path(post, path = "/increments", request_body = Vec<super::body::IncrementRequest>, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode)", body = Accepted),
     (status = 200, description = "Applied (sync mode)", body = Accepted),
     (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
@@ -74,26 +74,26 @@ pub(crate) async fn increment(
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increments(
-    State(state): State<Arc<AppState>>,
+    State(ctx): State<Arc<ApiContext>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let parsed = parse_increments(&body, state.max_batch)
+    let parsed = parse_increments(&body, ctx.max_batch)
         .map_err(ApiError::from)
         .and_then(|raws| {
             raws.into_iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    Increment::new(raw.key, raw.value, &state.rules)
+                    Increment::new(raw.key, raw.value, &ctx.rules)
                         .map_err(|v| ApiError::from(v).at_index(i))
                 })
                 .collect::<Result<Vec<_>, _>>()
         });
-    let incs = state.count_invalid(parsed, 1)?;
+    let incs = ctx.count_invalid(parsed, 1)?;
     if !incs.is_empty() {
-        let taken = state.ingest.increment_all(&incs).await;
-        state.count(taken, incs.len() as u64)?;
+        let taken = ctx.ingest.increment_all(&incs).await;
+        ctx.count(taken, incs.len() as u64)?;
     }
-    let status = if state.sync_mode {
+    let status = if ctx.ingest.is_sync() {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED

@@ -2,32 +2,30 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::AppState;
+use super::context::ApiContext;
+use super::route::Route;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/metrics", get(metrics))
-}
+pub const ROUTES: &[Route] = &[Route::new("/metrics", || get(metrics))];
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let m = &state.metrics;
-    if let Some(flush) = &state.flush {
-        m.pending_keys.set(flush.pending().keys() as i64);
-        m.pending_bytes.set(flush.pending_bytes() as i64);
+pub(crate) async fn metrics(State(ctx): State<Arc<ApiContext>>) -> impl IntoResponse {
+    let m = &ctx.metrics;
+    if let Some(pending) = ctx.ingest.pending() {
+        m.pending_keys.set(pending.keys() as i64);
+        m.pending_bytes.set(pending.bytes() as i64);
         m.oldest_unpersisted_age
-            .set(flush.oldest_unpersisted_age().as_secs_f64());
+            .set(pending.oldest_age().as_secs_f64());
     }
-    if let Some(journal) = &state.journal {
+    if let Some(journal) = ctx.ingest.journal() {
         m.journal_bytes.set(journal.bytes() as i64);
     }
-    let pool = state.storage.pool_status();
+    let pool = ctx.ingest.storage().pool_status();
     m.db_pool_max_connections.set(pool.max_size as i64);
     for (state, n) in [
         ("idle", pool.available),

@@ -6,7 +6,8 @@
 //! `Router::layer`: `axum::middleware::from_fn` boxes a future and clones a boxed service for
 //! every request, and `Router::layer` boxes every route once more, which on the request path
 //! of a service that answers from memory costs more than everything this layer does. Outside
-//! the router the matched route is not known yet, so the label comes from the path itself.
+//! the router the matched route is not known yet, so the label comes from the path itself,
+//! matched against the same route list the router is made from.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use rand::RngExt;
 
+use super::route::Route;
 use crate::metrics::{Metrics, RouteMetrics};
 
 /// The header that carries a request's id, in both directions. A constant `HeaderName`, so
@@ -28,51 +30,46 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The longest request id taken from a client; a longer one is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The routes, as metric labels; any other path is `unmatched`.
-const ROUTES: [&str; 9] = [
-    "/increment",
-    "/api/increment",
-    "/increments",
-    "/counters/{key}",
-    "/health",
-    "/api/health",
-    "/ready",
-    "/metrics",
-    "/openapi.json",
-];
-
-/// The index in [`ROUTES`] of the route `path` belongs to.
-fn route_of(path: &str) -> Option<usize> {
-    if path.starts_with("/counters/") {
-        return Some(3);
-    }
-    ROUTES.iter().position(|r| *r == path)
-}
+/// The label of a request that matches no route.
+const UNMATCHED: &str = "unmatched";
 
 /// Per-route metric handles and whether to log each request; shared by every connection.
 pub struct Observer {
     metrics: Arc<Metrics>,
-    routes: Vec<RouteMetrics>,
+    /// Each route, labelled by its path.
+    routes: Vec<(&'static Route, RouteMetrics)>,
     unmatched: RouteMetrics,
     access_log: bool,
 }
 
 impl Observer {
-    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        routes: impl IntoIterator<Item = &'static Route>,
+    ) -> Self {
         Observer {
-            routes: ROUTES.iter().map(|r| metrics.route(r)).collect(),
-            unmatched: metrics.route("unmatched"),
+            routes: routes
+                .into_iter()
+                .map(|r| (r, metrics.route(r.path)))
+                .collect(),
+            unmatched: metrics.route(UNMATCHED),
             metrics,
             access_log,
         }
+    }
+
+    /// The index in `routes` of the route `path` belongs to.
+    fn route_of(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|(r, _)| r.matches(path))
     }
 
     fn finish(&self, seen: Seen, response: &mut Response) {
         let elapsed = seen.started.elapsed();
         let status = response.status().as_u16();
         let (route, metrics) = match seen.route {
-            Some(i) => (ROUTES[i], &self.routes[i]),
-            None => ("unmatched", &self.unmatched),
+            Some(i) => (self.routes[i].0.path, &self.routes[i].1),
+            None => (UNMATCHED, &self.unmatched),
         };
         metrics.record(&self.metrics, status, elapsed);
         if let Some(method) = seen.method {
@@ -136,7 +133,7 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let seen = Seen {
             started: Instant::now(),
-            route: route_of(request.uri().path()),
+            route: self.observer.route_of(request.uri().path()),
             request_id: request_id(request.headers().get(&REQUEST_ID)),
             method: self.observer.access_log.then(|| request.method().clone()),
         };
@@ -197,19 +194,20 @@ fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::MethodRouter;
 
     #[test]
     fn paths_are_labelled_by_route() {
-        assert_eq!(
-            route_of("/increment").map(|i| ROUTES[i]),
-            Some("/increment")
-        );
-        assert_eq!(
-            route_of("/counters/a/b").map(|i| ROUTES[i]),
-            Some("/counters/{key}")
-        );
-        assert_eq!(route_of("/increment/extra"), None);
-        assert_eq!(route_of("/"), None);
+        static ROUTES: [Route; 2] = [
+            Route::new("/increment", MethodRouter::new),
+            Route::new("/counters/{key}", MethodRouter::new),
+        ];
+        let observer = Observer::new(Arc::new(Metrics::default()), false, &ROUTES);
+        let label = |path| observer.route_of(path).map(|i| observer.routes[i].0.path);
+        assert_eq!(label("/increment"), Some("/increment"));
+        assert_eq!(label("/counters/a/b"), Some("/counters/{key}"));
+        assert_eq!(label("/increment/extra"), None);
+        assert_eq!(label("/"), None);
     }
 
     #[test]

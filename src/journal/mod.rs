@@ -42,11 +42,13 @@ mod writer;
 pub use repair::{Inspection, Repaired, SegmentReport, inspect, repair};
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::batch::BatchSeq;
+use crate::sync::lock;
 use writer::{Shared, Writer};
 
 /// Where the journal lives and when it rotates.
@@ -95,7 +97,7 @@ pub struct Record<'a> {
     /// Its sequence number in the journal.
     pub lsn: u64,
     /// The flush batch the increment landed in.
-    pub batch: u64,
+    pub batch: BatchSeq,
     /// The counter's key, borrowed from the segment being read.
     pub key: &'a str,
     /// What the increment added to the key.
@@ -110,7 +112,7 @@ pub struct OpenReport {
     /// Whole records replayed.
     pub records: u64,
     /// The highest batch among them.
-    pub max_batch: Option<u64>,
+    pub max_batch: Option<BatchSeq>,
     /// Set when a torn tail was cut off: which file, where and why, for a warning.
     pub torn_tail: Option<String>,
     /// LSN ranges missing between segments (a deletion whose directory fsync did not reach
@@ -198,7 +200,7 @@ impl Drop for Inner {
 impl Inner {
     fn close(&self) -> Result<(), JournalError> {
         // Held while joining, so that a second caller returns only once the first is done.
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writer = lock(&self.writer);
         if let Some(thread) = writer.take() {
             self.shared.close();
             let _ = thread.join();
@@ -288,7 +290,7 @@ impl Journal {
     /// Appends `(batch, key, delta)` records, all or none, and returns once every one is
     /// durable. Many concurrent appends share one `fdatasync`. On error none of them may be
     /// acknowledged (some may still be replayed after a restart).
-    pub async fn append(&self, records: &[(u64, &str, i64)]) -> Result<(), JournalError> {
+    pub async fn append(&self, records: &[(BatchSeq, &str, i64)]) -> Result<(), JournalError> {
         if records.is_empty() {
             return match self.has_failed() {
                 true => Err(self.inner.shared.failure()),
@@ -302,12 +304,22 @@ impl Journal {
 
     /// Appends one record and returns once it is durable; the request path's call. Allocates
     /// nothing once the journal's buffers have grown to the load.
-    pub async fn append_one(&self, batch: u64, key: &str, delta: i64) -> Result<(), JournalError> {
+    pub async fn append_one(
+        &self,
+        batch: BatchSeq,
+        key: &str,
+        delta: i64,
+    ) -> Result<(), JournalError> {
         self.append_one_at(batch, key, delta).await.map(|_| ())
     }
 
     /// [`append_one`](Self::append_one), returning the record's LSN.
-    async fn append_one_at(&self, batch: u64, key: &str, delta: i64) -> Result<u64, JournalError> {
+    async fn append_one_at(
+        &self,
+        batch: BatchSeq,
+        key: &str,
+        delta: i64,
+    ) -> Result<u64, JournalError> {
         let shared = &self.inner.shared;
         let (generation, lsn) = shared.enqueue(std::iter::once((batch, key, delta)))?;
         shared.wait_durable(generation).await?;
@@ -320,7 +332,7 @@ impl Journal {
     /// only such batches and is at least `rotate_on_commit_bytes` big. Returns at once;
     /// [`settle`](Self::settle) waits for that work. A segment waits for every older one to be
     /// deletable, so that the segments left stay contiguous and a missing one is detected.
-    pub fn committed(&self, batch: u64) {
+    pub fn committed(&self, batch: BatchSeq) {
         self.inner.shared.committed(batch);
     }
 

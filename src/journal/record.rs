@@ -20,6 +20,7 @@
 //! damage to records that a later group commit proves were acknowledged.
 
 use super::Record;
+use crate::batch::BatchSeq;
 
 /// Bytes before the payload: length and checksum.
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -55,7 +56,14 @@ impl Format {
 
 /// Appends one framed record, in the current format (version 2), to `buf`. The key must be at
 /// most [`MAX_KEY`] bytes (checked by the caller, so that a batch of records is refused whole).
-pub(crate) fn encode(buf: &mut Vec<u8>, lsn: u64, batch: u64, key: &str, delta: i64, flags: u8) {
+pub(crate) fn encode(
+    buf: &mut Vec<u8>,
+    lsn: u64,
+    batch: BatchSeq,
+    key: &str,
+    delta: i64,
+    flags: u8,
+) {
     debug_assert!(key.len() <= MAX_KEY);
     let len = Format::V2.fixed_payload() + key.len();
     let start = buf.len();
@@ -63,7 +71,7 @@ pub(crate) fn encode(buf: &mut Vec<u8>, lsn: u64, batch: u64, key: &str, delta: 
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&lsn.to_le_bytes());
-    buf.extend_from_slice(&batch.to_le_bytes());
+    buf.extend_from_slice(&batch.get().to_le_bytes());
     buf.extend_from_slice(&delta.to_le_bytes());
     buf.push(flags);
     buf.extend_from_slice(key.as_bytes());
@@ -128,7 +136,7 @@ pub(crate) fn decode(bytes: &[u8], format: Format, epoch: u64) -> Result<Decoded
         record: Record {
             epoch,
             lsn: u64_at(payload, 0),
-            batch: u64_at(payload, 8),
+            batch: BatchSeq::new(u64_at(payload, 8)),
             key,
             delta: u64_at(payload, 16) as i64,
         },
@@ -183,7 +191,7 @@ mod tests {
 
     fn one(lsn: u64, batch: u64, key: &str, delta: i64) -> Vec<u8> {
         let mut buf = Vec::new();
-        encode(&mut buf, lsn, batch, key, delta, 0);
+        encode(&mut buf, lsn, BatchSeq::new(batch), key, delta, 0);
         buf
     }
 
@@ -201,7 +209,7 @@ mod tests {
             Record {
                 epoch: 3,
                 lsn: 7,
-                batch: 42,
+                batch: BatchSeq::new(42),
                 key: "päge-views",
                 delta: -3
             }
@@ -210,13 +218,13 @@ mod tests {
         assert_eq!(d.size, bytes.len());
 
         let mut first = Vec::new();
-        encode(&mut first, 8, 42, "k", 1, GROUP_START);
+        encode(&mut first, 8, BatchSeq::new(42), "k", 1, GROUP_START);
         assert_eq!(v2(&first).unwrap().flags, GROUP_START);
 
         let extremes = one(u64::MAX, u64::MAX, "", i64::MIN);
         let d = v2(&extremes).unwrap();
         assert_eq!(
-            (d.record.lsn, d.record.batch, d.record.delta),
+            (d.record.lsn, d.record.batch.get(), d.record.delta),
             (u64::MAX, u64::MAX, i64::MIN)
         );
     }
@@ -236,7 +244,12 @@ mod tests {
         bytes[4..8].copy_from_slice(&crc.to_le_bytes());
         let d = decode(&bytes, Format::V1, 0).unwrap();
         assert_eq!(
-            (d.record.lsn, d.record.batch, d.record.delta, d.record.key),
+            (
+                d.record.lsn,
+                d.record.batch.get(),
+                d.record.delta,
+                d.record.key
+            ),
             (5, 2, 9, "old")
         );
         assert_eq!(d.flags, 0);

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::JournalError;
 use super::segment::{self, Damage, Header, Verdict, decode_header, io_error, judge, walk};
+use crate::batch::BatchSeq;
 
 /// One segment as [`inspect`] found it.
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ pub struct SegmentReport {
     /// Its size.
     pub bytes: u64,
     /// The lowest and highest batch of its valid records.
-    pub batches: Option<(u64, u64)>,
+    pub batches: Option<(BatchSeq, BatchSeq)>,
     /// What is wrong with it, if anything, and what the node does about it at start.
     pub problem: Option<String>,
     /// The node refuses to start because of this segment.
@@ -158,7 +159,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, JournalError> {
             }
             _ => {}
         }
-        let mut batches: Option<(u64, u64)> = None;
+        let mut batches: Option<(BatchSeq, BatchSeq)> = None;
         let mut records = 0;
         let walked = walk(&data, &header, |d, _, _| {
             records += 1;

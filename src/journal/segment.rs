@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::{self, Decoded, Format, GROUP_START, find_valid_record, u32_at, u64_at};
 use super::{JournalError, Record};
+use crate::batch::BatchSeq;
 
 /// Identifies a Tally journal segment.
 const MAGIC: [u8; 8] = *b"TALLYJNL";
@@ -44,11 +45,11 @@ pub(crate) struct Segment {
     pub bytes: u64,
     pub records: u64,
     /// The highest batch of its records; `None` while it has none.
-    pub max_batch: Option<u64>,
+    pub max_batch: Option<BatchSeq>,
 }
 
 impl Segment {
-    pub fn add(&mut self, bytes: u64, records: u64, max_batch: Option<u64>) {
+    pub fn add(&mut self, bytes: u64, records: u64, max_batch: Option<BatchSeq>) {
         self.bytes += bytes;
         self.records += records;
         self.max_batch = self.max_batch.max(max_batch);

@@ -10,7 +10,7 @@ use super::*;
 fn open(dir: &std::path::Path) -> (Journal, Vec<(u64, String, i64)>, OpenReport) {
     let mut seen = Vec::new();
     let (journal, report) = Journal::open(JournalOptions::new(dir), |r| {
-        seen.push((r.batch, r.key.to_owned(), r.delta))
+        seen.push((r.batch.get(), r.key.to_owned(), r.delta))
     })
     .unwrap();
     (journal, seen, report)
@@ -44,7 +44,10 @@ async fn concurrent_appends_return_only_once_durable_and_share_syncs() {
                 let mut acked = Vec::with_capacity(per_task);
                 for i in 0..per_task {
                     let key = format!("t{t}-{i}");
-                    let lsn = journal.append_one_at(i as u64 / 50, &key, 1).await.unwrap();
+                    let lsn = journal
+                        .append_one_at(BatchSeq::new(i as u64 / 50), &key, 1)
+                        .await
+                        .unwrap();
                     assert!(
                         durable_lsn(&journal) >= lsn,
                         "record {lsn} acknowledged before a sync covered it"
@@ -80,10 +83,16 @@ async fn concurrent_appends_return_only_once_durable_and_share_syncs() {
 async fn a_failure_is_final(what: u8) {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _, _) = open(dir.path());
-    journal.append_one(1, "before", 1).await.unwrap();
+    journal
+        .append_one(BatchSeq::new(1), "before", 1)
+        .await
+        .unwrap();
 
     inject(&journal, what);
-    let err = journal.append_one(1, "failed", 1).await.unwrap_err();
+    let err = journal
+        .append_one(BatchSeq::new(1), "failed", 1)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -96,7 +105,10 @@ async fn a_failure_is_final(what: u8) {
     );
     assert!(err.to_string().contains("injected"), "{err}");
     assert!(journal.has_failed());
-    let later = journal.append(&[(1, "later", 1)]).await.unwrap_err();
+    let later = journal
+        .append(&[(BatchSeq::new(1), "later", 1)])
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             later,
@@ -141,7 +153,10 @@ async fn a_failure_under_load_acknowledges_nothing_it_did_not_sync() {
                     if t == 0 && i == 50 {
                         inject(&journal, SYNC);
                     }
-                    match journal.append_one_at(1, &format!("t{t}-{i}"), 1).await {
+                    match journal
+                        .append_one_at(BatchSeq::new(1), &format!("t{t}-{i}"), 1)
+                        .await
+                    {
                         Ok(lsn) => {
                             assert!(durable_lsn(&journal) >= lsn);
                             outcomes.push(Ok(lsn));
@@ -176,13 +191,16 @@ async fn a_key_too_long_is_refused_without_harm() {
     let (journal, _, _) = open(dir.path());
     let long = "k".repeat(record::MAX_KEY + 1);
     let err = journal
-        .append(&[(1, "fine", 1), (1, &long, 1)])
+        .append(&[(BatchSeq::new(1), "fine", 1), (BatchSeq::new(1), &long, 1)])
         .await
         .unwrap_err();
     assert!(matches!(err, JournalError::KeyTooLong { .. }), "{err}");
     assert!(!journal.has_failed());
     let longest = "k".repeat(record::MAX_KEY);
-    journal.append_one(1, &longest, 1).await.unwrap();
+    journal
+        .append_one(BatchSeq::new(1), &longest, 1)
+        .await
+        .unwrap();
     journal.close().unwrap();
     let (_journal, replayed, _) = open(dir.path());
     assert_eq!(
@@ -197,11 +215,11 @@ async fn a_key_too_long_is_refused_without_harm() {
 async fn close_is_idempotent_and_later_appends_fail() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _, _) = open(dir.path());
-    journal.append_one(1, "a", 1).await.unwrap();
+    journal.append_one(BatchSeq::new(1), "a", 1).await.unwrap();
     journal.close().unwrap();
     journal.close().unwrap();
     assert!(matches!(
-        journal.append_one(1, "b", 1).await,
+        journal.append_one(BatchSeq::new(1), "b", 1).await,
         Err(JournalError::Closed)
     ));
     assert!(!journal.has_failed());
@@ -224,7 +242,10 @@ async fn every_sync_is_timed_when_a_histogram_is_given() {
     };
     let (journal, _) = Journal::open(options, |_| {}).unwrap();
     for i in 0..3 {
-        journal.append_one(1, "k", i + 1).await.unwrap();
+        journal
+            .append_one(BatchSeq::new(1), "k", i + 1)
+            .await
+            .unwrap();
     }
     let mut text = String::new();
     encode(&mut text, &registry).unwrap();

@@ -32,7 +32,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -41,6 +41,8 @@ use tokio::sync::watch;
 use super::JournalError;
 use super::record::{self, GROUP_START, MAX_KEY};
 use super::segment::{self, Segment};
+use crate::batch::BatchSeq;
+use crate::sync::{lock, wait};
 
 /// Values of `Shared::inject_failure`, for tests.
 pub(crate) const INJECT_WRITE_FAILURE: u8 = 1;
@@ -65,7 +67,7 @@ pub(crate) struct Queue {
     buf: Vec<u8>,
     generation: u64,
     records: u64,
-    max_batch: Option<u64>,
+    max_batch: Option<BatchSeq>,
     /// The LSN the next record gets.
     next_lsn: u64,
     /// The writer waits on the condition variable; appenders wake it only then.
@@ -113,10 +115,6 @@ pub(crate) struct Shared {
     pub(crate) inject_failure: std::sync::atomic::AtomicU8,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Shared {
     pub(crate) fn new(next_lsn: u64, bytes: u64, segments: usize) -> Shared {
         // Generations start at 1 so that the initial value 0 of both channels covers none.
@@ -159,7 +157,7 @@ impl Shared {
     /// and the LSN of the last record.
     pub(crate) fn enqueue<'k, I>(&self, records: I) -> Result<(u64, u64), JournalError>
     where
-        I: Iterator<Item = (u64, &'k str, i64)> + Clone,
+        I: Iterator<Item = (BatchSeq, &'k str, i64)> + Clone,
     {
         if let Some(len) = records
             .clone()
@@ -210,8 +208,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn committed(&self, batch: u64) {
-        self.committed.fetch_max(batch, Ordering::AcqRel);
+    pub(crate) fn committed(&self, batch: BatchSeq) {
+        self.committed.fetch_max(batch.get(), Ordering::AcqRel);
         self.wake_housekeeping();
     }
 
@@ -329,7 +327,7 @@ impl Shared {
 struct Take {
     generation: u64,
     records: u64,
-    max_batch: Option<u64>,
+    max_batch: Option<BatchSeq>,
 }
 
 enum Job {
@@ -447,11 +445,7 @@ impl Writer {
                 return Job::Stop;
             }
             q.writer_idle = true;
-            q = self
-                .shared
-                .wake_writer
-                .wait(q)
-                .unwrap_or_else(PoisonError::into_inner);
+            q = wait(&self.shared.wake_writer, q);
         }
     }
 
@@ -562,7 +556,7 @@ impl Writer {
     /// leave a newer segment deleted and an older one present but by a failed directory
     /// fsync (a gap the scan tolerates). A failed deletion is retried at the next call.
     fn housekeep(&mut self) -> Result<(), String> {
-        let committed = self.shared.committed.load(Ordering::Acquire);
+        let committed = BatchSeq::new(self.shared.committed.load(Ordering::Acquire));
         let replayed = self.shared.replayed.load(Ordering::Acquire);
         let active = &self.active;
         if active.max_batch.is_some_and(|b| b <= committed)
@@ -596,7 +590,7 @@ impl Writer {
             }
             self.shared.bytes.fetch_sub(oldest.bytes, Ordering::Relaxed);
             self.shared.segments.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(segment = %oldest.path.display(), committed, "journal segment deleted");
+            tracing::debug!(segment = %oldest.path.display(), committed = committed.get(), "journal segment deleted");
             self.closed.pop_front();
             if let Err(e) = segment::sync_dir(&self.dir) {
                 tracing::warn!(error = %e, "deleted a journal segment but cannot fsync the directory; will retry before deleting more");

@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use super::{Storage, StorageError, batch_seq, bounded, stored_seq};
+use super::{Storage, StorageError, bounded, from_bigint, to_bigint};
+use crate::batch::BatchSeq;
 use crate::node::NodeId;
-use crate::pending::BatchSeq;
 
 /// How long to wait before trying to get the lock back after its connection was lost.
 const RECLAIM_DELAY: Duration = Duration::from_secs(1);
@@ -63,7 +63,7 @@ impl Applied {
 
     /// The last batch `epoch` applied itself.
     pub fn own_progress(&self, epoch: u64) -> BatchSeq {
-        self.own.get(&epoch).copied().unwrap_or(0)
+        self.own.get(&epoch).copied().unwrap_or(BatchSeq::ZERO)
     }
 
     /// The sequence number up to which `batch` of `epoch` was replayed (0: never).
@@ -106,7 +106,7 @@ impl Storage {
                      updated_at = now()
                  WHERE node_id = $1
                  RETURNING epoch",
-                &[&node.as_str(), &stored_seq(above)],
+                &[&node.as_str(), &to_bigint(above)],
             ),
         )
         .await?
@@ -124,7 +124,7 @@ impl Storage {
         Ok(NodeClaim {
             owner: Owner {
                 node: node.clone(),
-                epoch: batch_seq(epoch),
+                epoch: from_bigint(epoch),
             },
             keeper,
         })
@@ -137,7 +137,7 @@ impl Storage {
         node: &NodeId,
         epochs: &BTreeSet<u64>,
     ) -> Result<Applied, StorageError> {
-        let epochs: Vec<i64> = epochs.iter().map(|&e| stored_seq(e)).collect();
+        let epochs: Vec<i64> = epochs.iter().map(|&e| to_bigint(e)).collect();
         let node = node.as_str();
         self.with_client(async |client, limit| {
             let mut applied = Applied::default();
@@ -150,7 +150,9 @@ impl Storage {
             );
             for row in bounded(limit, own).await? {
                 let (epoch, batch): (i64, i64) = (row.get(0), row.get(1));
-                applied.own.insert(batch_seq(epoch), batch_seq(batch));
+                applied
+                    .own
+                    .insert(from_bigint(epoch), BatchSeq::from_stored(batch));
             }
             let replayed = client.query(
                 "SELECT epoch, batch, last_lsn FROM tally_replays WHERE node_id = $1 AND epoch = ANY($2)",
@@ -160,7 +162,7 @@ impl Storage {
                 let (epoch, batch, lsn): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
                 applied
                     .replayed
-                    .insert((batch_seq(epoch), batch_seq(batch)), batch_seq(lsn));
+                    .insert((from_bigint(epoch), BatchSeq::from_stored(batch)), from_bigint(lsn));
             }
             Ok(applied)
         })

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use super::{Owner, Storage, StorageError, batch_seq, bounded, stored_seq};
-use crate::pending::BatchSeq;
+use super::{Owner, Storage, StorageError, bounded, from_bigint, to_bigint};
+use crate::batch::BatchSeq;
 
 /// Most rows one upsert statement carries, so no statement grows without bound however many
 /// keys a batch holds.
@@ -281,7 +281,7 @@ impl Storage {
         key: &str,
         owner: &Owner,
     ) -> Result<(Option<i64>, BatchSeq), StorageError> {
-        let (node, epoch) = (owner.node.as_str(), stored_seq(owner.epoch));
+        let (node, epoch) = (owner.node.as_str(), to_bigint(owner.epoch));
         let row = self
             .with_client(async |client, limit| {
                 let statement = bounded(
@@ -297,7 +297,7 @@ impl Storage {
             .await?;
         let progress: Option<i64> = row.get(1);
         let progress = progress.ok_or_else(|| no_epoch_row(owner))?;
-        Ok((row.get(0), batch_seq(progress)))
+        Ok((row.get(0), BatchSeq::from_stored(progress)))
     }
 }
 
@@ -464,8 +464,8 @@ async fn advance_progress(
     id: BatchId<'_>,
 ) -> Result<Progress, StorageError> {
     let node = owner.node.as_str();
-    let epoch = stored_seq(id.epoch(owner));
-    let batch = stored_seq(id.batch());
+    let epoch = to_bigint(id.epoch(owner));
+    let batch = id.batch().to_stored();
     let row = bounded(
         limit,
         tx.query_opt(
@@ -484,13 +484,13 @@ async fn advance_progress(
     .ok_or_else(|| StorageError::Invariant(format!("node {node} has no row")))?;
     let (owner_epoch, own, replayed): (i64, Option<i64>, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
-    if batch_seq(owner_epoch) != owner.epoch {
+    if from_bigint(owner_epoch) != owner.epoch {
         return Err(StorageError::Fenced(node.to_owned()));
     }
     match id {
         BatchId::Live(seq) => {
             let own = own.ok_or_else(|| no_epoch_row(owner))?;
-            if batch_seq(own) >= seq {
+            if BatchSeq::from_stored(own) >= seq {
                 return Ok(Progress::AlreadyApplied);
             }
             bounded(
@@ -504,8 +504,8 @@ async fn advance_progress(
             .await?;
         }
         BatchId::Replay(r) => {
-            let replayed = batch_seq(replayed.unwrap_or(0));
-            if batch_seq(own.unwrap_or(0)) >= r.batch || replayed >= r.last_lsn {
+            let replayed = from_bigint(replayed.unwrap_or(0));
+            if BatchSeq::from_stored(own.unwrap_or(0)) >= r.batch || replayed >= r.last_lsn {
                 return Ok(Progress::AlreadyApplied);
             }
             if replayed != r.after_lsn {
@@ -521,7 +521,7 @@ async fn advance_progress(
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (node_id, epoch, batch)
                      DO UPDATE SET last_lsn = EXCLUDED.last_lsn, replayed_at = now()",
-                    &[&node, &epoch, &batch, &stored_seq(r.last_lsn)],
+                    &[&node, &epoch, &batch, &to_bigint(r.last_lsn)],
                 ),
             )
             .await?;
@@ -554,11 +554,11 @@ async fn record_rejections(
                 &keys,
                 &deltas,
                 &owner.node.as_str(),
-                &stored_seq(id.batch()),
+                &id.batch().to_stored(),
                 &reasons,
                 &sqlstates,
                 &messages,
-                &stored_seq(id.epoch(owner)),
+                &to_bigint(id.epoch(owner)),
             ],
         ),
     )

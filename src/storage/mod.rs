@@ -1,4 +1,5 @@
-//! Everything that talks to PostgreSQL lives below this module.
+//! Everything that talks to PostgreSQL lives below this module. Which database a node uses, an
+//! external one or the local cluster of [`managed`], is decided in `crate::database`.
 //!
 //! [`Storage`] is a cheap, clonable handle over a connection pool with a small API named for
 //! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
@@ -20,8 +21,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
-
-use crate::pending::BatchSeq;
 
 pub use claim::{Applied, NodeClaim, Owner};
 pub use counters::{BatchOutcome, RejectReason, Rejected, Replay};
@@ -354,84 +353,14 @@ impl Storage {
     }
 }
 
-/// Batch numbers are stored as `bigint`; they start at 1 and only grow.
-fn batch_seq(stored: i64) -> BatchSeq {
-    BatchSeq::try_from(stored).unwrap_or(0)
+/// Epochs and journal sequence numbers are stored as `bigint`; they start at 0 or 1 and only
+/// grow. (Batch numbers convert themselves: [`BatchSeq::to_stored`].)
+fn from_bigint(stored: i64) -> u64 {
+    u64::try_from(stored).unwrap_or(0)
 }
 
-fn stored_seq(seq: BatchSeq) -> i64 {
-    i64::try_from(seq).expect("batch numbers stay far below 2^63")
-}
-
-/// The database a node uses: an external one (`DATABASE_URL`) or a managed local cluster.
-pub struct Database {
-    pub storage: Storage,
-    /// Where it is, for the start-up log line.
-    pub description: String,
-    managed: Option<managed::ManagedPostgres>,
-}
-
-impl Database {
-    /// Connects to `DATABASE_URL`, or creates and starts the managed cluster under
-    /// `<data_dir>/postgres` when it is unset, checks that it stores text as UTF-8, then
-    /// applies the migrations.
-    pub async fn open(
-        config: &crate::config::DatabaseConfig,
-        data_dir: &std::path::Path,
-    ) -> anyhow::Result<Database> {
-        // An empty DATABASE_URL means unset, as shells and compose files often leave it.
-        let url = config
-            .database_url
-            .as_ref()
-            .filter(|u| !u.expose().trim().is_empty());
-        let (pg_config, description, managed) = match url {
-            Some(url) => {
-                let pg: tokio_postgres::Config = url
-                    .expose()
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("invalid database URL: {e}"))?;
-                let description = format!("external {}", describe(&pg));
-                (pg, description, None)
-            }
-            None => {
-                let dir = data_dir.join("postgres");
-                let cluster = tokio::task::spawn_blocking(move || {
-                    managed::ManagedPostgres::start(&dir, &managed::ManagedOptions::default())
-                })
-                .await??;
-                let pg = cluster.config(&managed::ManagedOptions::default().database);
-                let description = format!("managed {}", describe(&pg));
-                (pg, description, Some(cluster))
-            }
-        };
-        let storage = Storage::connect(pg_config, config.db_pool_size as usize, config.db_timeout)?;
-        let database = Database {
-            storage,
-            description,
-            managed,
-        };
-        let usable = async {
-            database.storage.check_encoding().await?;
-            database.storage.migrate().await
-        };
-        if let Err(e) = usable.await {
-            database.close().await;
-            return Err(e.into());
-        }
-        Ok(database)
-    }
-
-    /// Closes the pool and stops the managed cluster, if any.
-    pub async fn close(self) {
-        self.storage.close();
-        if let Some(cluster) = self.managed {
-            match tokio::task::spawn_blocking(move || cluster.stop()).await {
-                Ok(Ok(())) => tracing::info!("stopped the managed PostgreSQL"),
-                Ok(Err(e)) => tracing::error!(error = %e, "could not stop the managed PostgreSQL"),
-                Err(e) => tracing::error!(error = %e, "could not stop the managed PostgreSQL"),
-            }
-        }
-    }
+fn to_bigint(n: u64) -> i64 {
+    i64::try_from(n).expect("epochs and sequence numbers stay far below 2^63")
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Pending deltas: the in-memory sums of increments that PostgreSQL does not have yet.
+//! The open batch: per key, the sum of the increments added since the last cut.
 //!
 //! Requests add into a map of `key -> delta`, split into shards so that concurrent requests
 //! rarely wait on the same lock. The key is hashed once: the hash picks the shard and is
@@ -19,12 +19,12 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use crate::batch::BatchSeq;
+use crate::sync::lock;
+
 /// Number of shards; a power of two. Far more than the cores of a small machine, so two
 /// requests on different keys almost never share a lock.
 const SHARDS: usize = 64;
-
-/// A flush batch's sequence number.
-pub type BatchSeq = u64;
 
 /// Why an increment could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -340,38 +340,34 @@ impl PendingDeltas {
     }
 }
 
-/// Locks a shard. A panic while a shard is locked cannot leave a half-applied change (every
-/// change is one assignment), so a poisoned lock is still usable.
-fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
-    shard
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::sync::Arc;
 
+    fn b(n: u64) -> BatchSeq {
+        BatchSeq::new(n)
+    }
+
     #[test]
     fn adds_sum_per_key_and_cut_empties_the_map() {
-        let p = PendingDeltas::new(1, 100);
-        assert_eq!(p.add("a", 2), Ok(1));
-        assert_eq!(p.add("a", 3), Ok(1));
-        assert_eq!(p.add("b", 1), Ok(1));
-        assert_eq!(p.get("a"), Some((5, 1)));
+        let p = PendingDeltas::new(b(1), 100);
+        assert_eq!(p.add("a", 2), Ok(b(1)));
+        assert_eq!(p.add("a", 3), Ok(b(1)));
+        assert_eq!(p.add("b", 1), Ok(b(1)));
+        assert_eq!(p.get("a"), Some((5, b(1))));
         assert_eq!(p.keys(), 2);
         assert!(p.is_dirty());
 
-        let mut batch = p.cut(2);
+        let mut batch = p.cut(b(2));
         batch.sort();
         assert_eq!(batch, vec![("a".into(), 5), ("b".into(), 1)]);
         assert_eq!(p.get("a"), None);
         assert!(!p.is_dirty());
         assert_eq!(
             p.add("a", 1),
-            Ok(2),
+            Ok(b(2)),
             "adds after a cut land in the next batch"
         );
         assert_eq!(p.keys(), 3, "cut keys count until released");
@@ -381,7 +377,7 @@ mod tests {
 
     #[test]
     fn increments_are_counted_per_batch_not_per_key() {
-        let p = PendingDeltas::new(1, 100);
+        let p = PendingDeltas::new(b(1), 100);
         p.add("a", 5).unwrap();
         p.add("a", 5).unwrap();
         let batch = p.add("b", 1).unwrap();
@@ -391,7 +387,7 @@ mod tests {
         assert!(p.undo_all(&[("b", 1, batch)]));
         assert_eq!(p.open_increments(), 5, "an add taken back is not counted");
 
-        let (deltas, increments) = p.cut_counted(2);
+        let (deltas, increments) = p.cut_counted(b(2));
         assert_eq!(
             (deltas.len(), increments),
             (2, 5),
@@ -399,12 +395,12 @@ mod tests {
         );
         assert_eq!(p.open_increments(), 0);
         p.add("a", 1).unwrap();
-        assert_eq!(p.cut_counted(3).1, 1);
+        assert_eq!(p.cut_counted(b(3)).1, 1);
     }
 
     #[test]
     fn a_closed_map_refuses_every_add_and_keeps_what_it_took() {
-        let p = PendingDeltas::new(1, 100);
+        let p = PendingDeltas::new(b(1), 100);
         p.add("a", 2).unwrap();
         p.close();
         assert_eq!(p.add("a", 1), Err(AddError::Closed));
@@ -415,7 +411,7 @@ mod tests {
         );
         assert_eq!(p.open_increments(), 1);
         assert_eq!(
-            p.cut(2),
+            p.cut(b(2)),
             vec![("a".into(), 2)],
             "the final cut has what was taken"
         );
@@ -425,7 +421,7 @@ mod tests {
     /// made after `close` returned, and none succeeds after.
     #[test]
     fn no_add_succeeds_once_close_returns() {
-        let p = Arc::new(PendingDeltas::new(1, usize::MAX));
+        let p = Arc::new(PendingDeltas::new(b(1), usize::MAX));
         let adders: Vec<_> = (0..4)
             .map(|t| {
                 let p = p.clone();
@@ -452,30 +448,30 @@ mod tests {
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(20));
         p.close();
-        let (deltas, increments) = p.cut_counted(2);
+        let (deltas, increments) = p.cut_counted(b(2));
         let taken: i64 = adders.into_iter().map(|a| a.join().unwrap()).sum();
         assert_eq!(deltas.iter().map(|(_, d)| d).sum::<i64>(), taken);
         assert_eq!(increments, taken as u64);
         assert!(
-            p.cut(3).is_empty(),
+            p.cut(b(3)).is_empty(),
             "nothing was added after close returned"
         );
     }
 
     #[test]
     fn an_add_can_be_taken_back_while_its_batch_is_open() {
-        let p = PendingDeltas::new(1, 100);
+        let p = PendingDeltas::new(b(1), 100);
         p.add("k", 5).unwrap();
         let batch = p.add("k", 3).unwrap();
         assert!(p.undo_all(&[("k", 3, batch)]));
-        assert_eq!(p.get("k"), Some((5, 1)));
+        assert_eq!(p.get("k"), Some((5, b(1))));
         let batch = p.add("new", 4).unwrap();
         assert_eq!(p.keys(), 2);
         assert!(p.undo_all(&[("new", 4, batch)]));
         assert_eq!(p.get("new"), None, "a key the add created is gone");
         assert_eq!(p.keys(), 1);
         let batch = p.add("k", 2).unwrap();
-        p.cut(2);
+        p.cut(b(2));
         assert!(
             !p.undo_all(&[("k", 2, batch)]),
             "a cut batch is on its way to PostgreSQL"
@@ -484,7 +480,7 @@ mod tests {
 
     #[test]
     fn taking_back_several_adds_is_all_or_nothing() {
-        let p = PendingDeltas::new(1, 100);
+        let p = PendingDeltas::new(b(1), 100);
         let batches = p.add_all(&[("a", 1), ("b", 2), ("a", 3)]).unwrap();
         let adds: Vec<_> = [("a", 1), ("b", 2), ("a", 3)]
             .iter()
@@ -492,59 +488,59 @@ mod tests {
             .map(|(&(k, d), &b)| (k, d, b))
             .collect();
         let mut stale = adds.clone();
-        stale[1].2 = 0;
+        stale[1].2 = BatchSeq::ZERO;
         assert!(!p.undo_all(&stale), "one add of another batch");
-        assert_eq!(p.get("a"), Some((4, 1)), "nothing was taken back");
+        assert_eq!(p.get("a"), Some((4, b(1))), "nothing was taken back");
         assert!(p.undo_all(&adds));
         assert_eq!((p.get("a"), p.get("b"), p.keys()), (None, None, 0));
     }
 
     #[test]
     fn overflow_is_refused_for_that_key_only() {
-        let p = PendingDeltas::new(1, 100);
+        let p = PendingDeltas::new(b(1), 100);
         p.add("big", i64::MAX).unwrap();
         assert_eq!(p.add("big", 1), Err(AddError::Overflow));
-        assert_eq!(p.get("big"), Some((i64::MAX, 1)));
-        assert_eq!(p.add("other", 1), Ok(1));
+        assert_eq!(p.get("big"), Some((i64::MAX, b(1))));
+        assert_eq!(p.add("other", 1), Ok(b(1)));
     }
 
     #[test]
     fn new_keys_are_refused_past_the_bound_but_pending_keys_still_count() {
-        let p = PendingDeltas::new(1, 2);
+        let p = PendingDeltas::new(b(1), 2);
         p.add("a", 1).unwrap();
         p.add("b", 1).unwrap();
         assert_eq!(p.add("c", 1), Err(AddError::Full));
-        assert_eq!(p.add("a", 1), Ok(1));
-        let batch = p.cut(2);
+        assert_eq!(p.add("a", 1), Ok(b(1)));
+        let batch = p.cut(b(2));
         assert_eq!(
             p.add("c", 1),
             Err(AddError::Full),
             "a cut batch still holds memory"
         );
         p.release(batch.len());
-        assert_eq!(p.add("c", 1), Ok(2));
+        assert_eq!(p.add("c", 1), Ok(b(2)));
     }
 
     #[test]
     fn add_all_is_all_or_nothing() {
-        let p = PendingDeltas::new(7, 100);
+        let p = PendingDeltas::new(b(7), 100);
         p.add("x", i64::MAX - 1).unwrap();
         assert_eq!(
             p.add_all(&[("a", 1), ("x", 1), ("x", 1)]),
             Err((Some(2), AddError::Overflow))
         );
         assert_eq!(p.get("a"), None, "nothing of a refused batch is applied");
-        assert_eq!(p.get("x"), Some((i64::MAX - 1, 7)));
+        assert_eq!(p.get("x"), Some((i64::MAX - 1, b(7))));
 
         assert_eq!(
             p.add_all(&[("a", 1), ("x", 1), ("a", 2)]),
-            Ok(vec![7, 7, 7])
+            Ok(vec![b(7); 3])
         );
-        assert_eq!(p.get("a"), Some((3, 7)));
-        assert_eq!(p.get("x"), Some((i64::MAX, 7)));
+        assert_eq!(p.get("a"), Some((3, b(7))));
+        assert_eq!(p.get("x"), Some((i64::MAX, b(7))));
         assert_eq!(p.keys(), 2);
 
-        let small = PendingDeltas::new(1, 2);
+        let small = PendingDeltas::new(b(1), 2);
         small.add("a", 1).unwrap();
         assert_eq!(
             small.add_all(&[("b", 1), ("c", 1)]),
@@ -552,16 +548,16 @@ mod tests {
         );
         assert_eq!(
             small.add_all(&[("b", 1), ("a", 1), ("b", 1)]),
-            Ok(vec![1, 1, 1])
+            Ok(vec![b(1); 3])
         );
-        assert_eq!(small.get("b"), Some((2, 1)));
+        assert_eq!(small.get("b"), Some((2, b(1))));
     }
 
     /// Many threads add while another keeps cutting: every increment lands in exactly one
     /// batch, and the batch number each add returned is the batch that holds it.
     #[test]
     fn concurrent_adds_and_cuts_lose_nothing_and_tag_truthfully() {
-        let p = Arc::new(PendingDeltas::new(1, usize::MAX));
+        let p = Arc::new(PendingDeltas::new(b(1), usize::MAX));
         let threads = 4;
         let per_thread = 20_000;
         let adders: Vec<_> = (0..threads)
@@ -580,15 +576,15 @@ mod tests {
             .collect();
         let mut cut: HashMap<(BatchSeq, String), i64> = HashMap::new();
         let mut counted = 0;
-        let mut next = 2;
+        let mut open = b(1);
         loop {
             let finished = adders.iter().all(|a| a.is_finished());
-            let (deltas, increments) = p.cut_counted(next);
+            let (deltas, increments) = p.cut_counted(open.next());
             for (k, d) in deltas {
-                cut.insert((next - 1, k.into()), d);
+                cut.insert((open, k.into()), d);
             }
             counted += increments;
-            next += 1;
+            open = open.next();
             if finished {
                 break;
             }

@@ -1,0 +1,55 @@
+//! What every handler may use: the request path, readiness, the metrics and the limits of a
+//! request. Built once per node and shared by every request behind an `Arc`.
+
+use std::sync::Arc;
+
+use super::error::ApiError;
+use crate::increment::ValidationRules;
+use crate::ingest::{Ingest, IngestError};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+/// The handlers' shared context.
+pub struct ApiContext {
+    /// Where increments go and totals come from; it also holds the pending buffer, the
+    /// journal and the database, whose figures `/metrics` reports.
+    pub ingest: Ingest,
+    /// What `/ready` answers.
+    pub readiness: Readiness,
+    pub metrics: Arc<Metrics>,
+    /// The rules an increment must follow.
+    pub rules: ValidationRules,
+    /// Larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most items in one `POST /increments`.
+    pub max_batch: usize,
+}
+
+impl ApiContext {
+    /// Counts a request refused for its input among the rejected increments (one per
+    /// request: a malformed batch has no countable items).
+    pub(super) fn count_invalid<T>(
+        &self,
+        parsed: Result<T, ApiError>,
+        n: u64,
+    ) -> Result<T, ApiError> {
+        if parsed.is_err() {
+            self.metrics.reject("invalid", n);
+        }
+        parsed
+    }
+
+    /// Counts `n` increments as accepted or rejected, by what the request path said.
+    pub(super) fn count<T>(&self, taken: Result<T, IngestError>, n: u64) -> Result<T, ApiError> {
+        match taken {
+            Ok(t) => {
+                self.metrics.increments_accepted.inc_by(n);
+                Ok(t)
+            }
+            Err(e) => {
+                self.metrics.reject(e.reason(), n);
+                Err(e.into())
+            }
+        }
+    }
+}

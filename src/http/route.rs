@@ -1,0 +1,74 @@
+//! A route of the API: its path and its handlers. Each resource module lists its routes once;
+//! the router is built from those lists and the metrics label requests with the same paths,
+//! so the two cannot drift apart.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::routing::MethodRouter;
+
+use super::context::ApiContext;
+
+/// One path and what answers on it.
+pub struct Route {
+    /// The path as clients write it and as the metrics label it (`/counters/{key}`). A
+    /// `{parameter}` may only end the path, and takes all the rest of it, '/' included, so
+    /// that keys holding '/' need no escaping.
+    pub path: &'static str,
+    /// Where the parameter starts, if the path has one.
+    parameter_at: Option<usize>,
+    handlers: fn() -> MethodRouter<Arc<ApiContext>>,
+}
+
+impl Route {
+    pub const fn new(path: &'static str, handlers: fn() -> MethodRouter<Arc<ApiContext>>) -> Self {
+        let bytes = path.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() && bytes[i] != b'{' {
+            i += 1;
+        }
+        let parameter_at = if i < bytes.len() { Some(i) } else { None };
+        Route {
+            path,
+            parameter_at,
+            handlers,
+        }
+    }
+
+    /// Whether a request for `path` is one of this route's; also true for a path the router
+    /// refuses for an empty parameter, which is still a request for this resource.
+    pub fn matches(&self, path: &str) -> bool {
+        match self.parameter_at {
+            None => path == self.path,
+            Some(at) => path.starts_with(&self.path[..at]),
+        }
+    }
+
+    /// The path in axum's syntax, where a parameter that takes the rest is `{*name}`.
+    pub fn router_path(&self) -> Cow<'static, str> {
+        match self.parameter_at {
+            None => Cow::Borrowed(self.path),
+            Some(at) => Cow::Owned(format!("{}{{*{}", &self.path[..at], &self.path[at + 1..])),
+        }
+    }
+
+    pub fn handlers(&self) -> MethodRouter<Arc<ApiContext>> {
+        (self.handlers)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parameter_takes_the_rest_of_the_path() {
+        let counters = Route::new("/counters/{key}", MethodRouter::new);
+        assert_eq!(counters.router_path(), "/counters/{*key}");
+        assert!(counters.matches("/counters/a/b"));
+        assert!(!counters.matches("/counter"));
+        let ready = Route::new("/ready", MethodRouter::new);
+        assert_eq!(ready.router_path(), "/ready");
+        assert!(ready.matches("/ready") && !ready.matches("/ready/now"));
+    }
+}
