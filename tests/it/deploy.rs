@@ -16,18 +16,17 @@
 //! `haproxy`, `promtool` and `prometheus` come from Debian's `haproxy` and `prometheus`
 //! packages, which scripts/test installs; a test that misses one fails and says so.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::app::TestApp;
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+
+use crate::helpers::app::TestApp;
 
 const COMPOSE: &str = "deploy/compose.yaml";
 const HAPROXY_CFG: &str = "deploy/haproxy/haproxy.cfg";
@@ -694,7 +693,7 @@ impl Prometheus {
         let r = http
             .post(format!("{}/api/v1/query", self.url))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("query={}", common::app::encode_path(expr)))
+            .body(format!("query={}", crate::helpers::app::encode_path(expr)))
             .send()
             .await
             .expect("Prometheus answers");
