@@ -6,7 +6,6 @@
 //! test process (`<pid>` for the shared cluster, `<pid>-<n>` for the others): the temp
 //! directory is one the `postgres` user can reach when tests run as root, and the pid lets a
 //! later test process recognise and remove the clusters of one that died without cleaning up.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::fs;
 use std::future::Future;
