@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ use crate::helpers::promql::{
     grouping_labels, label_replace_targets, label_value, parse_matchers, read_braces,
     tally_selectors,
 };
+use crate::helpers::root;
 
 const COMPOSE: &str = "deploy/compose.yaml";
 const HAPROXY_CFG: &str = "deploy/haproxy/haproxy.cfg";
@@ -1222,10 +1222,6 @@ fn dockerfile() -> Vec<String> {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
