@@ -63,7 +63,7 @@ EXPOSE 3333
 # Liveness without an HTTP client in the image: bash asks GET /health over /dev/tcp. It
 # checks /health, not /ready: a node whose database is away is alive and must not be
 # restarted (it keeps its increments for when the database returns); /ready is for the
-# load balancer. tests/deploy.rs runs this command against a real node.
+# load balancer. tests/it/deploy.rs runs this command against a real node.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/3333 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 

@@ -4,20 +4,19 @@
 //! whatever order its records reached the disk, and damage is either cut (an unfinished group
 //! commit) or left to `tally journal check` and `repair`. Real processes, a real PostgreSQL.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::app::{connect, db_totals};
-use common::journal_files::version_1_segment;
-use common::postgres::{TestDatabase, fresh_database};
-use common::process::{TallyProcess, tally_command};
 use reqwest::StatusCode;
 use serde_json::json;
 use tally::batch::BatchSeq;
 use tally::journal::{Journal, JournalOptions};
+
+use crate::helpers::app::{connect, db_totals};
+use crate::helpers::journal_files::version_1_segment;
+use crate::helpers::postgres::{TestDatabase, fresh_database};
+use crate::helpers::process::{TallyProcess, tally_command};
 
 /// Posts `body` to `path` and returns the status.
 async fn post(http: &reqwest::Client, node: &TallyProcess, path: &str, body: String) -> StatusCode {

@@ -2,16 +2,15 @@
 //! pending increments visible before they are flushed, and deltas kept through a database
 //! outage.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::app::{TestApp, db_totals};
-use common::postgres::dedicated_cluster;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::json;
+
+use crate::helpers::app::{TestApp, db_totals};
+use crate::helpers::postgres::dedicated_cluster;
 
 /// Sends `per_task` random increments from each of `tasks` concurrent clients over `keys`
 /// keys, and returns the sum of the acknowledged ones per key.
@@ -315,7 +314,7 @@ async fn keys_the_database_refuses_are_left_out_of_a_batch_of_several_chunks() {
     assert_eq!(totals.len(), expected.len());
     assert!(totals == expected, "every key but the refused ones, once");
 
-    let rows = common::app::connect(&db)
+    let rows = crate::helpers::app::connect(&db)
         .await
         .query(
             "SELECT key, delta, reason, sqlstate FROM rejected_increments ORDER BY key",
@@ -375,7 +374,7 @@ async fn a_flush_time_overflow_drops_the_keys_whole_delta_in_the_batch() {
         vec![("near-max".to_owned(), near_max), ("other".to_owned(), 1)],
         "the whole delta of the batch is left out, never a part of it"
     );
-    let rows = common::app::connect(&db)
+    let rows = crate::helpers::app::connect(&db)
         .await
         .query(
             "SELECT key, delta, reason, sqlstate FROM rejected_increments",

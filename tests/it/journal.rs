@@ -5,8 +5,6 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-mod common;
-
 use rand::RngExt;
 use tally::batch::BatchSeq;
 use tally::journal::{Journal, JournalError, JournalOptions, OpenReport};
@@ -658,7 +656,7 @@ async fn a_version_1_journal_replays_as_epoch_0() {
     let old = records(0..5);
     fs::write(
         dir.path().join("00000000000000000001.journal"),
-        common::journal_files::version_1_segment(1, &old),
+        crate::helpers::journal_files::version_1_segment(1, &old),
     )
     .unwrap();
     let mut seen = Vec::new();

@@ -10,7 +10,6 @@
 //!
 //! It understands just enough of the PostgreSQL protocol to find message boundaries in the
 //! client's stream: untyped start-up messages, then `tag: u8, length: i32, body`.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::path::PathBuf;
 use std::sync::Arc;

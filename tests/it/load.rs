@@ -2,11 +2,10 @@
 //! totals it verifies in PostgreSQL are exact. Figures are printed by the generator, never
 //! asserted.
 
-mod common;
-
 use clap::Parser;
-use common::app::TestApp;
 use tally::load::{LoadConfig, run};
+
+use crate::helpers::app::TestApp;
 
 #[derive(Parser)]
 struct Cli {

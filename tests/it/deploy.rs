@@ -16,18 +16,21 @@
 //! `haproxy`, `promtool` and `prometheus` come from Debian's `haproxy` and `prometheus`
 //! packages, which scripts/test installs; a test that misses one fails and says so.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::app::TestApp;
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+
+use crate::helpers::app::TestApp;
+use crate::helpers::promql::{
+    grouping_labels, label_replace_targets, label_value, parse_matchers, read_braces,
+    tally_selectors,
+};
+use crate::helpers::root;
 
 const COMPOSE: &str = "deploy/compose.yaml";
 const HAPROXY_CFG: &str = "deploy/haproxy/haproxy.cfg";
@@ -694,7 +697,7 @@ impl Prometheus {
         let r = http
             .post(format!("{}/api/v1/query", self.url))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("query={}", common::app::encode_path(expr)))
+            .body(format!("query={}", crate::helpers::app::encode_path(expr)))
             .send()
             .await
             .expect("Prometheus answers");
@@ -821,149 +824,6 @@ impl Exposition {
         }
         Exposition { samples, families }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A little PromQL: enough to find the metrics, labels and groupings a query names.
-
-/// A selector of a Tally metric in a query: `tally_x{label op "value", ...}`.
-#[derive(Debug)]
-struct Selector {
-    metric: String,
-    matchers: Vec<(String, String, String)>,
-}
-
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-/// Every selector of a `tally_*` metric in `expr`.
-fn tally_selectors(expr: &str) -> Vec<Selector> {
-    let mut found = Vec::new();
-    let mut i = 0;
-    while let Some(at) = expr[i..].find("tally_").map(|p| p + i) {
-        let starts_word = expr[..at].chars().next_back().is_none_or(|c| !is_ident(c));
-        let end = expr[at..]
-            .find(|c| !is_ident(c))
-            .map_or(expr.len(), |p| p + at);
-        if starts_word {
-            let rest = expr[end..].trim_start();
-            let matchers = if rest.starts_with('{') {
-                parse_matchers(&read_braces(rest).0)
-            } else {
-                Vec::new()
-            };
-            found.push(Selector {
-                metric: expr[at..end].to_owned(),
-                matchers,
-            });
-        }
-        i = end;
-    }
-    found
-}
-
-/// The text inside the braces `s` starts with, quotes honoured, and the rest after them.
-fn read_braces(s: &str) -> (String, &str) {
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices().skip(1) {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '}' if !in_quote => return (s[1..i].to_owned(), &s[i + 1..]),
-            _ => {}
-        }
-    }
-    panic!("unclosed braces in `{s}`")
-}
-
-/// `label op "value"` matchers, separated by commas.
-fn parse_matchers(block: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut rest = block.trim();
-    while !rest.is_empty() {
-        let name_end = rest.find(|c: char| !is_ident(c)).expect("a label name");
-        let name = rest[..name_end].to_owned();
-        let after = rest[name_end..].trim_start();
-        let op = ["=~", "!~", "!=", "="]
-            .into_iter()
-            .find(|op| after.starts_with(op))
-            .unwrap_or_else(|| panic!("no operator after `{name}` in `{block}`"));
-        let quoted = after[op.len()..].trim_start();
-        assert!(quoted.starts_with('"'), "unquoted value in `{block}`");
-        let mut value = String::new();
-        let mut chars = quoted.char_indices().skip(1);
-        let end = loop {
-            match chars.next().expect("a closing quote") {
-                (_, '\\') => value.push(chars.next().unwrap().1),
-                (i, '"') => break i,
-                (_, c) => value.push(c),
-            }
-        };
-        out.push((name, op.to_owned(), value));
-        rest = quoted[end + 1..]
-            .trim_start()
-            .trim_start_matches(',')
-            .trim_start();
-    }
-    out
-}
-
-/// The labels named in `by (...)` clauses.
-fn grouping_labels(expr: &str) -> Vec<String> {
-    let mut labels = Vec::new();
-    let mut i = 0;
-    while let Some(at) = expr[i..].find("by").map(|p| p + i) {
-        let word = expr[..at].chars().next_back().is_none_or(|c| !is_ident(c))
-            && expr[at + 2..].chars().next().is_none_or(|c| !is_ident(c));
-        let rest = expr[at + 2..].trim_start();
-        if word && rest.starts_with('(') {
-            let inside = &rest[1..rest.find(')').unwrap()];
-            labels.extend(
-                inside
-                    .split(',')
-                    .map(|l| l.trim().to_owned())
-                    .filter(|l| !l.is_empty()),
-            );
-        }
-        i = at + 2;
-    }
-    labels
-}
-
-/// The labels that `label_replace(v, "dst", ...)` calls create.
-fn label_replace_targets(expr: &str) -> BTreeSet<String> {
-    let mut made = BTreeSet::new();
-    for (at, _) in expr.match_indices("label_replace(") {
-        // The destination is the first quoted string after the vector argument.
-        let mut depth = 0;
-        for (i, c) in expr[at + "label_replace(".len()..].char_indices() {
-            match c {
-                '(' | '{' | '[' => depth += 1,
-                ')' | '}' | ']' => depth -= 1,
-                ',' if depth == 0 => {
-                    let rest = &expr[at + "label_replace(".len() + i + 1..];
-                    let rest = rest.trim_start().strip_prefix('"').unwrap();
-                    made.insert(rest[..rest.find('"').unwrap()].to_owned());
-                    break;
-                }
-                _ => {}
-            }
-        }
-    }
-    made
-}
-
-/// The value of `label` in a series selector such as `m{a="x", instance="tally-1"}`.
-fn label_value(series: &str, label: &str) -> Option<String> {
-    let (_, rest) = series.split_once('{')?;
-    let (block, _) = read_braces(&format!("{{{rest}"));
-    parse_matchers(&block)
-        .into_iter()
-        .find(|(l, _, _)| l == label)
-        .map(|(_, _, v)| v)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1362,10 +1222,6 @@ fn dockerfile() -> Vec<String> {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))

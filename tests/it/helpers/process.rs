@@ -1,6 +1,5 @@
 //! A real `tally` process, for what only a process can show: signals, exit statuses, a
 //! managed PostgreSQL left behind or not. It logs JSON, and the start-up line tells the port.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

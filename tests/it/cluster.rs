@@ -4,16 +4,15 @@
 //! and paused; the check is the ledger's (acknowledged <= total <= acknowledged + unknown, for
 //! every key), and what the balancer did is read from its own statistics.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::app::db_totals;
-use common::haproxy::Haproxy;
-use common::ledger::{Ledger, Load};
-use common::postgres::{DedicatedCluster, dedicated_cluster};
-use common::process::TallyProcess;
 use reqwest::StatusCode;
+
+use crate::helpers::app::db_totals;
+use crate::helpers::haproxy::Haproxy;
+use crate::helpers::ledger::{Ledger, Load};
+use crate::helpers::postgres::{DedicatedCluster, dedicated_cluster};
+use crate::helpers::process::TallyProcess;
 
 /// Clients sending increments through the balancer in each test.
 const CLIENTS: usize = 4;

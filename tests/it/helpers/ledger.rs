@@ -1,7 +1,6 @@
 //! Concurrent clients that keep a ledger of what they sent, and the check of FAULTS.md: for
 //! every key, acknowledged <= PostgreSQL's total <= acknowledged + unknown, where unknown
 //! counts requests whose outcome the client never learned.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,11 +1,10 @@
 //! The HTTP contract of DESIGN.md sections 2 and 3: every route, every validation rule, every
 //! status code, and the JSON error body of each.
 
-mod common;
-
-use common::app::TestApp;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::helpers::app::TestApp;
 
 /// Asserts an error answer: its status, its `code`, its `field`, and that it has a message.
 async fn assert_error(r: reqwest::Response, status: StatusCode, code: &str, field: Option<&str>) {

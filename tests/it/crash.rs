@@ -3,19 +3,19 @@
 //! tail, a commit whose answer is lost, PostgreSQL stopped under load, a database host that
 //! goes silent, a key the database refuses for good, and the memory bounds. The check is
 //! always the ledger's: acknowledged <= total <= acknowledged + unknown, for every key.
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::app::{TestApp, db_totals};
-use common::fault_proxy::{FaultProxy, Upstream};
-use common::ledger::{Ledger, Load, outcome_unknown};
-use common::postgres::{TestDatabase, dedicated_cluster, fresh_database};
-use common::process::TallyProcess;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::json;
+
+use crate::helpers::app::{TestApp, db_totals};
+use crate::helpers::fault_proxy::{FaultProxy, Upstream};
+use crate::helpers::ledger::{Ledger, Load, outcome_unknown};
+use crate::helpers::postgres::{TestDatabase, dedicated_cluster, fresh_database};
+use crate::helpers::process::TallyProcess;
 
 /// Starts a node and stops it with SIGTERM, which flushes everything it holds.
 fn drain(dir: &Path, db: &TestDatabase) {
@@ -110,7 +110,7 @@ async fn a_crash_between_commit_and_journal_cleanup_applies_nothing_twice() {
     // The journal still holds that batch; PostgreSQL's progress row for the first life's
     // epoch says it is applied, so only what came after it (acknowledged while it was being
     // written) is replayed, by the second life under epoch 2.
-    let progress: i64 = common::app::connect(&db)
+    let progress: i64 = crate::helpers::app::connect(&db)
         .await
         .query_one("SELECT last_batch FROM tally_epochs WHERE epoch = 1", &[])
         .await
@@ -440,7 +440,7 @@ async fn a_key_the_database_refuses_for_good_is_left_out_and_the_rest_of_its_bat
             &[("DATABASE_URL", &db.url)],
         )
     });
-    let sql = common::app::connect(&db).await;
+    let sql = crate::helpers::app::connect(&db).await;
     sql.batch_execute("ALTER TABLE counters ADD CONSTRAINT no_poison CHECK (key <> 'poison')")
         .await
         .unwrap();
@@ -633,7 +633,7 @@ async fn a_node_id_in_use_by_a_running_node_is_refused() {
     )
     .await;
     // Another data directory (a copy, say) with the same node id.
-    let out = common::process::tally_command()
+    let out = crate::helpers::process::tally_command()
         .args([
             "serve",
             "--listen",

@@ -3,7 +3,6 @@
 //! made), with faster checks so that tests wait little, and an admin socket through which a
 //! test reads what the balancer thinks of each node and tells it where a restarted node now
 //! listens.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,8 +79,6 @@ pub struct Haproxy {
 pub struct ServerStat {
     /// `UP`, `DOWN`, or a transition such as `UP 1/2` (going down) or `DOWN 1/2` (going up).
     pub status: String,
-    /// Sessions HAProxy has sent to it since it started.
-    pub sessions: u64,
     /// The last health check's outcome, e.g. `L7OK`, `L7STS` (a 503), `L7TOUT`, `L4CON`.
     pub check: String,
 }
@@ -182,11 +179,10 @@ impl Haproxy {
                 .position(|c| *c == name)
                 .unwrap_or_else(|| panic!("show stat has no {name} column"))
         };
-        let (px, sv, status, stot, check) = (
+        let (px, sv, status, check) = (
             column("pxname"),
             column("svname"),
             column("status"),
-            column("stot"),
             column("check_status"),
         );
         lines
@@ -197,7 +193,6 @@ impl Haproxy {
                     f[sv].to_owned(),
                     ServerStat {
                         status: f[status].to_owned(),
-                        sessions: f[stot].parse().unwrap_or(0),
                         check: f[check].to_owned(),
                     },
                 )

@@ -6,21 +6,20 @@
 //! The full disk is a small tmpfs mounted by the test, which needs root (CI runs as root);
 //! without it that test says so and passes without checking anything.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::app::db_totals;
-use common::ledger::{Ledger, Load, outcome_unknown};
-use common::postgres::{TestDatabase, dedicated_cluster, fresh_database};
-use common::process::TallyProcess;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::json;
+
+use crate::helpers::app::db_totals;
+use crate::helpers::ledger::{Ledger, Load, outcome_unknown};
+use crate::helpers::postgres::{TestDatabase, dedicated_cluster, fresh_database};
+use crate::helpers::process::TallyProcess;
 
 /// A tmpfs of `size` mounted on a new directory, unmounted when dropped.
 struct Tmpfs {

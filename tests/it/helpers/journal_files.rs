@@ -1,6 +1,5 @@
 //! Journal files written by hand, for tests of what a node makes of journals it did not write
 //! itself: the format of an earlier version.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 /// A segment of format version 1, written before epochs and group-commit flags existed.
 pub fn version_1_segment(first_lsn: u64, records: &[(u64, String, i64)]) -> Vec<u8> {

@@ -1,7 +1,6 @@
 //! A real Tally node in the test process: the same `app::serve` the binary runs, on a port
 //! picked by the OS, over a fresh database, with typed helpers for requests and for reading
 //! what PostgreSQL holds.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -17,7 +16,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub db: TestDatabase,
     pub http: reqwest::Client,
-    pub data_dir: tempfile::TempDir,
+    /// Held, never read: the node's data directory is deleted when the `TestApp` is dropped.
+    _data_dir: tempfile::TempDir,
     shutdown: Shutdown,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -64,7 +64,7 @@ impl TestApp {
             addr,
             db,
             http: reqwest::Client::new(),
-            data_dir,
+            _data_dir: data_dir,
             shutdown,
             task: Some(task),
         };
@@ -164,10 +164,6 @@ impl TestApp {
             .unwrap()
             .await
             .expect("serve did not panic")
-    }
-
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
     }
 }
 

@@ -1,15 +1,13 @@
 //! What only a real `tally` process can show: signals, exit statuses, and the managed
 //! PostgreSQL it starts and stops.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::postgres::{
+use crate::helpers::postgres::{
     DedicatedCluster, dedicated_cluster, fresh_database, fresh_database_with, process_is_running,
 };
-use common::process::{TallyProcess, tally_command};
+use crate::helpers::process::{TallyProcess, tally_command};
 
 fn post_increment(
     http: &reqwest::blocking::Client,
@@ -32,11 +30,11 @@ fn totals(url: &str) -> Vec<(String, i64)> {
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async move {
-            let db = common::postgres::TestDatabase {
+            let db = crate::helpers::postgres::TestDatabase {
                 url,
                 name: String::new(),
             };
-            common::app::db_totals(&db).await
+            crate::helpers::app::db_totals(&db).await
         })
 }
 

@@ -2,11 +2,15 @@
 //! first use, and a fresh, empty database for each test. When `DATABASE_URL` is set, fresh
 //! databases are created on that server instead.
 //!
+//! Every area of the binary shares that cluster, tests of other areas running beside each
+//! other in it, so a test acts on its own database only: it does not list databases, or count
+//! or end sessions beyond `current_database()`, and it stops or reconfigures PostgreSQL only
+//! in a [`DedicatedCluster`].
+//!
 //! Throwaway clusters live under `<temp dir>/tally-test-pg/`, in a directory named after the
 //! test process (`<pid>` for the shared cluster, `<pid>-<n>` for the others): the temp
 //! directory is one the `postgres` user can reach when tests run as root, and the pid lets a
 //! later test process recognise and remove the clusters of one that died without cleaning up.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::fs;
 use std::future::Future;

@@ -2,17 +2,16 @@
 //! adopting a running server, recovering from crashes, the short-socket fallback, and the
 //! throwaway databases the other integration tests rely on.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::postgres::{
-    dedicated_cluster, fresh_database, process_is_running, scratch_dir, throwaway_options,
-};
 use tally::storage::managed::{ManagedError, ManagedOptions, ManagedPostgres, PgBinaries};
 use tokio_postgres::{Client, Config, NoTls};
+
+use crate::helpers::postgres::{
+    dedicated_cluster, fresh_database, process_is_running, scratch_dir, throwaway_options,
+};
 
 async fn connect(config: &Config) -> Client {
     let (client, connection) = config
