@@ -11,23 +11,26 @@ WORKDIR /src
 # Cargo.toml or Cargo.lock change, so a change to Tally's code rebuilds Tally alone. Every
 # member of the workspace needs its manifest and a target for Cargo to read the workspace.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/service/Cargo.toml crates/service/
+COPY crates/cli/Cargo.toml crates/cli/
 COPY crates/postgres/Cargo.toml crates/postgres/
 COPY crates/load/Cargo.toml crates/load/
 COPY xtask/Cargo.toml xtask/
-RUN mkdir -p src crates/postgres/src crates/load/src xtask/src \
- && echo 'fn main() {}' > src/main.rs \
+RUN for lib in service postgres load; do \
+      mkdir -p crates/$lib/src && touch crates/$lib/src/lib.rs; \
+    done \
+ && mkdir -p crates/cli/src xtask/src \
+ && echo 'fn main() {}' > crates/cli/src/main.rs \
  && echo 'fn main() {}' > xtask/src/main.rs \
- && touch src/lib.rs crates/postgres/src/lib.rs crates/load/src/lib.rs \
- && cargo build --release --locked --package tally \
- && rm -rf src crates/postgres/src crates/load/src
+ && cargo build --release --locked --package tally-cli \
+ && rm -rf crates/*/src
 
-COPY src ./src
+# The crates' sources, with the migrations the service embeds (crates/service/migrations).
 COPY crates ./crates
-COPY migrations ./migrations
 # COPY keeps the files' modification times, which may be older than the empty sources
 # above; touching them makes Cargo rebuild Tally instead of keeping the empty build.
-RUN touch src/main.rs src/lib.rs crates/postgres/src/lib.rs crates/load/src/lib.rs \
- && cargo build --release --locked --package tally
+RUN touch crates/*/src/lib.rs crates/cli/src/main.rs \
+ && cargo build --release --locked --package tally-cli
 
 # --- run ---------------------------------------------------------------------------------
 # The same Debian release as the builder, so the binary finds the glibc it was linked
@@ -63,7 +66,7 @@ EXPOSE 3333
 # Liveness without an HTTP client in the image: bash asks GET /health over /dev/tcp. It
 # checks /health, not /ready: a node whose database is away is alive and must not be
 # restarted (it keeps its increments for when the database returns); /ready is for the
-# load balancer. tests/it/deploy.rs runs this command against a real node.
+# load balancer. crates/cli/tests/it/deploy.rs runs this command against a real node.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/3333 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 

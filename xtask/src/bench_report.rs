@@ -1054,7 +1054,7 @@ fn markdown(results: &Results, svg_link: &str, analysis: Option<&str>) -> anyhow
     writeln!(
         w,
         "Growth of the resident set while {} distinct {}-byte keys are added to the pending map \
-         (`examples/pending_memory.rs`).",
+         (`crates/service/examples/pending_memory.rs`).",
         thousands(p.keys as f64),
         p.key_bytes
     )?;

@@ -1,5 +1,6 @@
 //! Everything that talks to PostgreSQL lives below this module. Which database a node uses, an
-//! external one or the local cluster of [`managed`], is decided in `crate::database`.
+//! external one or a local [`ManagedPostgres`](tally_postgres::ManagedPostgres), is decided in
+//! `crate::database`.
 //!
 //! [`Storage`] is a cheap, clonable handle over a connection pool with a small API named for
 //! what Tally needs: apply a flush batch exactly once, apply one increment synchronously, read
@@ -24,8 +25,6 @@ use tokio_postgres::NoTls;
 
 pub use claim::{Applied, NodeClaim, Owner};
 pub use counters::{BatchOutcome, RejectReason, Rejected, Replay};
-/// The managed local PostgreSQL, a crate of its own.
-pub use tally_postgres as managed;
 
 /// How long to wait for a connection to open, and for a free one from the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -299,7 +298,7 @@ impl Storage {
         })
     }
 
-    /// Applies the embedded migrations (`migrations/` in the repository).
+    /// Applies the embedded migrations (`crates/service/migrations/`).
     ///
     /// Not bounded by the database timeout: a migration may rightly take long on a big table.
     /// A server that vanishes meanwhile is found by the TCP user timeout and keepalives.

@@ -2,13 +2,12 @@
 //! default, 36 bytes) to a `PendingDeltas` and divides the growth of the process's resident
 //! set by N.
 //!
-//! cargo run --release --example pending_memory -- [keys] [key_bytes]
+//! cargo run --release -p tally --example pending_memory -- [keys] [key_bytes]
 
 use tally::batch::BatchSeq;
 use tally::pending::PendingDeltas;
 
 // The same allocator as the `tally` binary, so that the figure is the one it pays.
-#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

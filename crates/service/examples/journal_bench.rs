@@ -2,7 +2,7 @@
 //! per second, syncs per second, records per sync and the append latency.
 //!
 //! ```sh
-//! cargo run --release --example journal_bench -- --records 400000 --tasks 256
+//! cargo run --release -p tally --example journal_bench -- --records 400000 --tasks 256
 //! ```
 //!
 //! The journal is written to a fresh directory under `--dir` (default: the current directory,

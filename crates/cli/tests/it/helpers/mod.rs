@@ -2,7 +2,8 @@
 //! real `tally` process, HAProxy in front of processes, clients that keep a ledger, a proxy
 //! that loses commit answers, hand-written journal files, and a little PromQL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 pub mod app;
 pub mod fault_proxy;
@@ -17,5 +18,11 @@ pub mod promql;
 /// tests take to a file of the repository starts here, so that moving the tests elsewhere (into
 /// a crate of a workspace) changes this one line.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    static ROOT: LazyLock<PathBuf> = LazyLock::new(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .expect("the repository's root")
+    });
+    &ROOT
 }

@@ -1,4 +1,4 @@
-//! Schema migrations: the versioned SQL files of `migrations/`, embedded in the binary.
+//! Schema migrations: the versioned SQL files of `crates/service/migrations/`, embedded in the binary.
 //!
 //! They run at every start and by `tally migrate`. Several nodes may start at once, and
 //! refinery takes no lock of its own, so the run holds a PostgreSQL advisory lock on the same

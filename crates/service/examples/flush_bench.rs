@@ -2,7 +2,7 @@
 //! map reaches PostgreSQL at once (after an outage, or at a flush interval on a busy node).
 //!
 //! ```sh
-//! cargo run --release --example flush_bench -- [--keys 1000000] [--key-bytes 36]
+//! cargo run --release -p tally --example flush_bench -- [--keys 1000000] [--key-bytes 36]
 //! ```
 //!
 //! It writes the same keys twice through [`Storage::apply_batch`], as the flusher does: first
@@ -24,7 +24,7 @@ use serde::Serialize;
 use tally::batch::BatchSeq;
 use tally::node::DataDir;
 use tally::storage::Storage;
-use tally::storage::managed::{ManagedOptions, ManagedPostgres};
+use tally_postgres::{ManagedOptions, ManagedPostgres};
 use tokio_postgres::NoTls;
 
 #[derive(Parser)]

@@ -1,13 +1,15 @@
 //! The `tally` binary: parse the configuration, set up logging, run the subcommand, and turn
 //! the outcome into an exit status (0 done, 1 failed, 2 refused to start).
 
+mod cli;
+
 use std::process::ExitCode;
 
-use tally::config::{self, Command};
+use cli::Command;
 use tally::{StartError, app, database::Database, exit_code, shutdown::Shutdown, telemetry};
 
 fn main() -> ExitCode {
-    let command = match config::load() {
+    let command = match cli::load() {
         Ok(command) => command,
         Err(e) => {
             eprintln!("tally: {e}");
@@ -52,7 +54,7 @@ fn main() -> ExitCode {
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
                 telemetry::init(telemetry::LogFormat::Text);
-                tally::load::run(config).await.map(|_report| ())
+                tally_load::run(config).await.map(|_report| ())
             }
         }
     });
@@ -72,9 +74,9 @@ fn main() -> ExitCode {
 }
 
 /// `tally postgres start|stop`: the managed cluster of `tally serve`, on its own.
-async fn postgres(config: tally::config::PostgresConfig) -> anyhow::Result<()> {
-    use tally::config::PostgresAction;
-    use tally::storage::managed::{ManagedOptions, ManagedPostgres};
+async fn postgres(config: cli::PostgresConfig) -> anyhow::Result<()> {
+    use cli::PostgresAction;
+    use tally_postgres::{ManagedOptions, ManagedPostgres};
     let dir = config.data_dir.join("postgres");
     let options = ManagedOptions::default();
     tokio::task::spawn_blocking(move || match config.action {
@@ -94,8 +96,8 @@ async fn postgres(config: tally::config::PostgresConfig) -> anyhow::Result<()> {
 }
 
 /// `tally journal check|repair`: the journal of a stopped node, as an operator sees it.
-fn journal(config: tally::config::JournalConfig) -> anyhow::Result<()> {
-    use tally::config::JournalAction;
+fn journal(config: cli::JournalConfig) -> anyhow::Result<()> {
+    use cli::JournalAction;
     // The lock keeps a running node's journal out of reach.
     let data_dir = tally::node::DataDir::open(&config.data_dir).map_err(StartError::from)?;
     let dir = data_dir.path().join("journal");

@@ -106,7 +106,7 @@ impl FaultProxy {
             through_proxy.password(password);
         }
         TestDatabase {
-            url: tally::storage::managed::to_connection_string(&through_proxy),
+            url: tally_postgres::to_connection_string(&through_proxy),
             name: db.name.clone(),
         }
     }

@@ -3,7 +3,7 @@
 //! asserted.
 
 use clap::Parser;
-use tally::load::{LoadConfig, run};
+use tally_load::{LoadConfig, run};
 
 use crate::helpers::app::TestApp;
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use crate::StartError;
 use crate::config::DatabaseConfig;
-use crate::storage::managed::{ManagedOptions, ManagedPostgres};
 use crate::storage::{Storage, describe};
+use tally_postgres::{ManagedOptions, ManagedPostgres};
 
 /// The database a node uses: an external one (`DATABASE_URL`) or a managed local cluster.
 pub struct Database {

@@ -2,6 +2,7 @@
 //! picked by the OS, over a fresh database, with typed helpers for requests and for reading
 //! what PostgreSQL holds.
 
+use clap::Parser;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,22 +41,14 @@ impl TestApp {
         flags: &[&str],
     ) -> TestApp {
         let dir = data_dir.path().to_str().unwrap().to_owned();
-        let mut args = vec![
-            "tally",
-            "serve",
-            "--database-url",
-            &db.url,
-            "--data-dir",
-            &dir,
-        ];
+        let mut args = vec!["tally", "--database-url", &db.url, "--data-dir", &dir];
         if !flags.contains(&"--flush-interval") {
             args.extend_from_slice(&["--flush-interval", "50ms"]);
         }
         args.extend_from_slice(flags);
-        let config = match tally::config::load_from(args).expect("valid test configuration") {
-            tally::config::Command::Serve(c) => c,
-            other => panic!("not a serve configuration: {other:?}"),
-        };
+        let config = ServeCommand::try_parse_from(args)
+            .expect("valid test configuration")
+            .serve;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
@@ -208,4 +201,11 @@ pub fn encode_path(key: &str) -> String {
         }
     }
     out
+}
+
+/// `tally serve`'s settings alone, parsed from flags and environment as the binary parses them.
+#[derive(clap::Parser)]
+struct ServeCommand {
+    #[command(flatten)]
+    serve: tally::config::ServeConfig,
 }

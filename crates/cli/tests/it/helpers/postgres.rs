@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tally::storage::managed::{ManagedOptions, ManagedPostgres, to_connection_string};
+use tally_postgres::{ManagedOptions, ManagedPostgres, to_connection_string};
 use tokio_postgres::{Config, NoTls};
 
 /// A new, empty database for one test.

@@ -6,8 +6,10 @@
 //! buffer to PostgreSQL through [`storage`], one [`batch`] at a time, exactly once; at start,
 //! [`recovery`] replays what the journal holds and PostgreSQL lacks. [`app`] wires them
 //! together and runs a node from start to stop on the [`database`] it opens; a
-//! [`StartError`] says whether a start was refused. [`load`] is the verifying load generator
-//! (`tally load`).
+//! [`StartError`] says whether a start was refused.
+//!
+//! The binary (`crates/cli`) parses the command line into this crate's settings; PostgreSQL's
+//! connection strings and the managed local cluster are the `tally-postgres` crate's.
 
 pub mod app;
 pub mod batch;
@@ -19,8 +21,6 @@ pub mod http;
 pub mod increment;
 pub mod ingest;
 pub mod journal;
-/// `tally load`, a crate of its own.
-pub use tally_load as load;
 pub mod metrics;
 pub mod node;
 pub mod pending;
@@ -42,7 +42,7 @@ pub enum StartError {
     DataDir(#[from] node::DataDirError),
     /// The managed PostgreSQL could not be found, created or started.
     #[error(transparent)]
-    Managed(#[from] storage::managed::ManagedError),
+    Managed(#[from] tally_postgres::ManagedError),
     /// PostgreSQL failed, or refused this node: its id in use by a live process, or an
     /// encoding other than UTF8.
     #[error(transparent)]
@@ -61,7 +61,7 @@ impl StartError {
         match self {
             StartError::DataDir(_) => true,
             StartError::Managed(e) => {
-                matches!(e, storage::managed::ManagedError::NotInstalled { .. })
+                matches!(e, tally_postgres::ManagedError::NotInstalled { .. })
             }
             StartError::Storage(e) => matches!(e, NodeInUse(_) | NotUtf8(_)),
             StartError::Failed(_) => false,
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn refusals_to_start_exit_2_and_failures_exit_1() {
-        let not_installed = StartError::from(storage::managed::ManagedError::NotInstalled {
+        let not_installed = StartError::from(tally_postgres::ManagedError::NotInstalled {
             searched: "PATH".into(),
         });
         assert_eq!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use tally::storage::managed::{ManagedError, ManagedOptions, ManagedPostgres, PgBinaries};
+use tally_postgres::{ManagedError, ManagedOptions, ManagedPostgres, PgBinaries};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::helpers::postgres::{

@@ -1098,12 +1098,13 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_a_non_root_user() {
             .iter()
             .any(|i| i.contains("cargo build --release --locked"))
     );
-    // The sources the build reads: the crate and the migrations it embeds.
+    // The sources the build reads: the workspace's manifests and its crates, among them the
+    // service's migrations, which it embeds.
     let copied: Vec<&str> = build
         .iter()
         .filter_map(|i| i.strip_prefix("COPY "))
         .collect();
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+    for needed in ["Cargo.toml", "Cargo.lock", "crates"] {
         assert!(
             copied.iter().any(|c| c
                 .split(' ')
@@ -1152,7 +1153,7 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_a_non_root_user() {
             ".dockerignore lacks {path}"
         );
     }
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+    for needed in ["Cargo.toml", "Cargo.lock", "crates"] {
         assert!(
             !ignored.iter().any(|i| i == needed),
             ".dockerignore leaves out {needed}, which the build needs"

@@ -1,6 +1,6 @@
 //! Tests that look inside the writer: acknowledgement only after a covering sync, group
 //! commit under concurrency, and failures made to happen. The behaviour on disk (replay, torn
-//! tails, corruption, deletion) is tested through the public API in `tests/journal.rs`.
+//! tails, corruption, deletion) is tested through the public API in `crates/cli/tests/it/journal.rs`.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
