@@ -47,6 +47,10 @@ pub struct Increment<'a> {
 pub enum Field {
     Key,
     Value,
+    /// An item's id (`POST /items`), which follows the rules of a key.
+    Id,
+    /// An item's tenant, which follows the rules of a key.
+    Tenant,
 }
 
 impl Field {
@@ -54,6 +58,8 @@ impl Field {
         match self {
             Field::Key => "key",
             Field::Value => "value",
+            Field::Id => "id",
+            Field::Tenant => "tenant",
         }
     }
 }
@@ -90,31 +96,70 @@ impl<'a> Increment<'a> {
 
 /// Checks a key on its own, e.g. one taken from a URL path.
 pub fn check_key<'a>(key: Cow<'a, str>, format: KeyFormat) -> Result<Cow<'a, str>, RuleViolation> {
-    let violation = |message| RuleViolation {
-        field: Field::Key,
-        message,
+    check_name(key, format, Field::Key)
+}
+
+/// Checks a name under the rules of a key: a key, or an item's id or tenant (`field` says
+/// which, for the message).
+pub fn check_name<'a>(
+    name: Cow<'a, str>,
+    format: KeyFormat,
+    field: Field,
+) -> Result<Cow<'a, str>, RuleViolation> {
+    let violation = |problem| RuleViolation {
+        field,
+        message: name_message(field, problem),
     };
-    if key.is_empty() {
-        return Err(violation("key must not be empty"));
+    if name.is_empty() {
+        return Err(violation(NameProblem::Empty));
     }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(violation("key must be at most 256 bytes of UTF-8"));
+    if name.len() > MAX_KEY_BYTES {
+        return Err(violation(NameProblem::TooLong));
     }
-    // Most keys are ASCII: then a byte test is enough (C0 controls and DEL); otherwise every
+    // Most names are ASCII: then a byte test is enough (C0 controls and DEL); otherwise every
     // character is checked, C1 controls included.
-    let has_control = if key.is_ascii() {
-        key.bytes().any(|b| b < 0x20 || b == 0x7f)
+    let has_control = if name.is_ascii() {
+        name.bytes().any(|b| b < 0x20 || b == 0x7f)
     } else {
-        key.chars().any(char::is_control)
+        name.chars().any(char::is_control)
     };
     if has_control {
-        return Err(violation("key must not contain control characters"));
+        return Err(violation(NameProblem::Control));
     }
     match format {
-        KeyFormat::Any => Ok(key),
-        KeyFormat::Uuid => canonical_uuid(key).ok_or(violation(
-            "key must be a UUID in hyphenated form (8-4-4-4-12 hexadecimal digits)",
-        )),
+        KeyFormat::Any => Ok(name),
+        KeyFormat::Uuid => canonical_uuid(name).ok_or(violation(NameProblem::NotUuid)),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum NameProblem {
+    Empty,
+    TooLong,
+    Control,
+    NotUuid,
+}
+
+/// Messages are `&'static str` (an error costs no allocation), so each field has its own.
+fn name_message(field: Field, problem: NameProblem) -> &'static str {
+    use NameProblem::*;
+    match (field, problem) {
+        (Field::Tenant, Empty) => "tenant must not be empty",
+        (Field::Tenant, TooLong) => "tenant must be at most 256 bytes of UTF-8",
+        (Field::Tenant, Control) => "tenant must not contain control characters",
+        (Field::Tenant, NotUuid) => {
+            "tenant must be a UUID in hyphenated form (8-4-4-4-12 hexadecimal digits)"
+        }
+        (Field::Id, Empty) => "id must not be empty",
+        (Field::Id, TooLong) => "id must be at most 256 bytes of UTF-8",
+        (Field::Id, Control) => "id must not contain control characters",
+        (Field::Id, NotUuid) => {
+            "id must be a UUID in hyphenated form (8-4-4-4-12 hexadecimal digits)"
+        }
+        (_, Empty) => "key must not be empty",
+        (_, TooLong) => "key must be at most 256 bytes of UTF-8",
+        (_, Control) => "key must not contain control characters",
+        (_, NotUuid) => "key must be a UUID in hyphenated form (8-4-4-4-12 hexadecimal digits)",
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::batch::BatchSeq;
 use crate::increment::Increment;
+use crate::item::Item;
 use crate::journal::{Journal, JournalError};
 use crate::pending::{AddError, Unpersisted};
 use crate::storage::{Owner, Storage, StorageError};
@@ -137,28 +138,8 @@ impl Ingest {
     pub async fn increment_all(&self, incs: &[Increment<'_>]) -> Result<(), IngestError> {
         match self {
             Ingest::Buffered(b) => {
-                b.check_journal()?;
-                let items: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
-                let batches = match b.pending.add_all(&items) {
-                    Ok(batches) => batches,
-                    Err((index, e)) => {
-                        let key = index.map_or("", |i| incs[i].key());
-                        return Err(b.refuse(e, key, index));
-                    }
-                };
-                if let Some(journal) = &b.journal {
-                    let records: Vec<(BatchSeq, &str, i64)> = batches
-                        .iter()
-                        .zip(&items)
-                        .map(|(&batch, &(key, value))| (batch, key, value))
-                        .collect();
-                    if let Err(e) = journal.append(&records).await {
-                        let adds: Vec<(&str, i64, BatchSeq)> =
-                            records.iter().map(|&(b, k, v)| (k, v, b)).collect();
-                        return Err(b.journal_failed(e, &adds));
-                    }
-                }
-                Ok(())
+                let adds: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
+                b.add_all(&adds).await
             }
             Ingest::Sync(storage) => {
                 let merged = merge_sorted(incs).map_err(|index| IngestError::OutOfRange {
@@ -198,6 +179,56 @@ impl Ingest {
     }
 }
 
+/// What the client is told once its items are taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemsReceipt {
+    /// Held for the next flush.
+    Buffered,
+    /// In PostgreSQL (sync mode): the count of every tenant the request named, by tenant.
+    Applied { counts: Vec<(String, i64)> },
+}
+
+impl Ingest {
+    /// Takes every item or none. Each is a pending key of its own with a delta of 1, so it
+    /// takes the increments' path whole: the pending buffer, the journal, the flush.
+    pub async fn add_items(&self, items: &[Item<'_>]) -> Result<ItemsReceipt, IngestError> {
+        match self {
+            Ingest::Buffered(b) => {
+                let keys: Vec<String> = items.iter().map(Item::pending_key).collect();
+                let adds: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+                b.add_all(&adds).await?;
+                Ok(ItemsReceipt::Buffered)
+            }
+            Ingest::Sync(storage) => {
+                let mut pairs: Vec<(&str, &str)> =
+                    items.iter().map(|i| (i.tenant(), i.id())).collect();
+                pairs.sort_unstable();
+                pairs.dedup();
+                match storage.add_items(&pairs).await {
+                    Ok(counts) => Ok(ItemsReceipt::Applied { counts }),
+                    Err(e) => Err(from_storage(e, |_| None)),
+                }
+            }
+        }
+    }
+
+    /// The number of distinct items of `tenant` as this node knows them: PostgreSQL's plus
+    /// this node's ids PostgreSQL does not have yet, each once. 0 for an unknown tenant.
+    pub async fn item_count(&self, tenant: &str) -> Result<i64, IngestError> {
+        // Memory first, then PostgreSQL: an id written in between is found there and counted
+        // once.
+        let held = match self {
+            Ingest::Buffered(b) => b.pending.held_items(tenant),
+            Ingest::Sync(_) => Vec::new(),
+        };
+        let held: Vec<&str> = held.iter().map(|id| &**id).collect();
+        self.storage()
+            .item_count(tenant, &held)
+            .await
+            .map_err(IngestError::Storage)
+    }
+}
+
 impl IngestError {
     /// Why the increment was refused, as the metrics label it.
     pub fn reason(&self) -> &'static str {
@@ -216,6 +247,31 @@ impl IngestError {
 }
 
 impl Buffered {
+    /// Adds every `(key, delta)` to the pending buffer and the journal, or none of them.
+    async fn add_all(&self, adds: &[(&str, i64)]) -> Result<(), IngestError> {
+        self.check_journal()?;
+        let batches = match self.pending.add_all(adds) {
+            Ok(batches) => batches,
+            Err((index, e)) => {
+                let key = index.map_or("", |i| adds[i].0);
+                return Err(self.refuse(e, key, index));
+            }
+        };
+        if let Some(journal) = &self.journal {
+            let records: Vec<(BatchSeq, &str, i64)> = batches
+                .iter()
+                .zip(adds)
+                .map(|(&batch, &(key, value))| (batch, key, value))
+                .collect();
+            if let Err(e) = journal.append(&records).await {
+                let adds: Vec<(&str, i64, BatchSeq)> =
+                    records.iter().map(|&(b, k, v)| (k, v, b)).collect();
+                return Err(self.journal_failed(e, &adds));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses new increments once the journal has failed or is at its bound: a failed
     /// journal cannot make anything durable, and a full one waits for PostgreSQL to drain it.
     fn check_journal(&self) -> Result<(), IngestError> {

@@ -20,6 +20,7 @@ pub mod flush;
 pub mod http;
 pub mod increment;
 pub mod ingest;
+pub mod item;
 pub mod journal;
 pub mod metrics;
 pub mod node;

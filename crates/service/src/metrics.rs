@@ -67,6 +67,10 @@ pub struct Metrics {
     /// `shutting_down`. A delta a flush leaves out counts once, however many increments it
     /// sums.
     pub increments_rejected: Family<ReasonLabel, Counter>,
+    /// Items (`POST /items`) acknowledged to clients, repeats included.
+    pub items_accepted: Counter,
+    /// Items refused, by the reasons of `increments_rejected`.
+    pub items_rejected: Family<ReasonLabel, Counter>,
     /// Flush attempts by outcome: `applied`, `already_applied` or `failed`.
     pub flushes: Family<OutcomeLabel, Counter>,
     /// Seconds one flush attempt took.
@@ -102,6 +106,8 @@ impl Default for Metrics {
             }),
             increments_accepted: Counter::default(),
             increments_rejected: Family::default(),
+            items_accepted: Counter::default(),
+            items_rejected: Family::default(),
             flushes: Family::default(),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushed_rows: Counter::default(),
@@ -141,6 +147,16 @@ impl Metrics {
             "increments_rejected",
             "Increments refused, by reason",
             self.increments_rejected.clone(),
+        );
+        r.register(
+            "items_accepted",
+            "Items acknowledged to clients, repeats included",
+            self.items_accepted.clone(),
+        );
+        r.register(
+            "items_rejected",
+            "Items refused, by reason",
+            self.items_rejected.clone(),
         );
         r.register(
             "flushes",

@@ -1,4 +1,4 @@
-//! Request bodies: the JSON extractor, the parser of increment bodies, the 400 a body of the
+//! Request bodies: the JSON extractor, the parsers of increment and item bodies, the 400 a body of the
 //! wrong shape gets, and the body's schema for the OpenAPI document.
 //!
 //! axum's `Json` answers 422 with a plain-text body for data errors; Tally's contract wants a
@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -119,19 +120,25 @@ pub enum ShapeError {
         found: JsonType,
     },
     Missing(&'static str),
-    Unknown(String),
+    /// A field the object does not have; `only` says which it has.
+    Unknown {
+        name: String,
+        only: &'static str,
+    },
     Duplicate(&'static str),
     WrongType {
         field: &'static str,
+        expected: JsonType,
         found: JsonType,
     },
     /// `value` is an integer outside the signed 64-bit range.
     ValueOutOfRange,
-    /// A multi-increment body holds more items than allowed.
+    /// An array body holds more elements than allowed (`what`: "increments", "items").
     TooMany {
         max: usize,
+        what: &'static str,
     },
-    /// An item of a multi-increment body is wrong.
+    /// An element of an array body is wrong.
     Item {
         index: usize,
         error: Box<ShapeError>,
@@ -156,9 +163,9 @@ impl From<ShapeError> for ApiError {
             Missing(field) => {
                 ApiError::bad_request("missing_field", format!("{field} is required"), Some(field))
             }
-            Unknown(name) => ApiError::bad_request(
+            Unknown { name, only } => ApiError::bad_request(
                 "unknown_field",
-                format!("unknown field {name:?}; an increment has only \"key\" and \"value\""),
+                format!("unknown field {name:?}; {only}"),
                 None,
             )
             .on(name),
@@ -168,16 +175,12 @@ impl From<ShapeError> for ApiError {
                 Some(field),
             ),
             WrongType {
-                field: "key",
+                field,
+                expected,
                 found,
             } => ApiError::bad_request(
                 "invalid_type",
-                format!("key must be a string, not {found}"),
-                Some("key"),
-            ),
-            WrongType { field, found } => ApiError::bad_request(
-                "invalid_type",
-                format!("{field} must be an integer, not {found}"),
+                format!("{field} must be {expected}, not {found}"),
                 Some(field),
             ),
             ValueOutOfRange => ApiError::bad_request(
@@ -185,9 +188,9 @@ impl From<ShapeError> for ApiError {
                 "value must be an integer in the signed 64-bit range",
                 Some("value"),
             ),
-            TooMany { max } => ApiError::bad_request(
+            TooMany { max, what } => ApiError::bad_request(
                 "too_many_items",
-                format!("at most {max} increments per request"),
+                format!("at most {max} {what} per request"),
                 None,
             ),
             Item { index, error } => ApiError::from(*error).at_index(index),
@@ -207,6 +210,25 @@ pub struct IncrementRequest {
     value: i64,
 }
 
+/// One item of `POST /items`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: the parser below reads bodies
+pub struct ItemRequest {
+    /// The item; counted once per tenant. The rules of a key apply.
+    #[schema(min_length = 1, max_length = 256, example = "user-4711")]
+    id: String,
+    /// Whose distinct items these are. The rules of a key apply.
+    #[schema(min_length = 1, max_length = 256, example = "acme")]
+    tenant: String,
+}
+
+/// An item as the body gave it, not yet checked against the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawItem<'a> {
+    pub id: Cow<'a, str>,
+    pub tenant: Cow<'a, str>,
+}
+
 /// An increment as the body gave it: a string key and a 64-bit integer value, not yet checked
 /// against the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,12 +242,7 @@ pub fn parse_increment(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
     if let Some(inc) = parse_compact(body) {
         return Ok(inc);
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = de.deserialize_any(IncrementVisitor).and_then(|r| {
-        de.end()?;
-        Ok(r)
-    });
-    parsed.map_err(malformed)?
+    parse_whole(body, ObjectVisitor::<IncrementFields>(PhantomData))
 }
 
 /// The fast path for the body nearly every client sends: exactly `{"key":"<k>","value":<n>}`,
@@ -278,8 +295,23 @@ fn parse_compact(body: &[u8]) -> Option<RawIncrement<'_>> {
 
 /// Parses a JSON array of at most `max` increments.
 pub fn parse_increments(body: &[u8], max: usize) -> Result<Vec<RawIncrement<'_>>, ShapeError> {
+    let shape = PhantomData::<IncrementFields>;
+    parse_whole(body, ArrayVisitor { max, shape })
+}
+
+/// Parses a JSON array of at most `max` items.
+pub fn parse_items(body: &[u8], max: usize) -> Result<Vec<RawItem<'_>>, ShapeError> {
+    let shape = PhantomData::<ItemFields>;
+    parse_whole(body, ArrayVisitor { max, shape })
+}
+
+/// Runs `visitor` over the whole body: trailing data after the value is malformed JSON.
+fn parse_whole<'de, T, V>(body: &'de [u8], visitor: V) -> Result<T, ShapeError>
+where
+    V: Visitor<'de, Value = Result<T, ShapeError>>,
+{
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = de.deserialize_any(ArrayVisitor { max }).and_then(|r| {
+    let parsed = de.deserialize_any(visitor).and_then(|r| {
         de.end()?;
         Ok(r)
     });
@@ -360,62 +392,147 @@ impl<'de> Deserialize<'de> for Name<'de> {
     }
 }
 
-/// Reads one increment object. Shape problems are collected (the first one wins) while the
-/// rest of the object is still consumed, so that a syntax error later in the body is
-/// reported as such.
-struct IncrementVisitor;
+/// A kind of JSON object the API takes, read field by field. Each kind says which fields it
+/// has and what they hold; [`ObjectVisitor`] and [`ArrayVisitor`] do the rest (unknown,
+/// repeated and missing fields, bodies of the wrong type) the same way for every kind.
+trait Shape<'de>: Default {
+    type Out;
+    /// What one object is, for messages: "an increment object".
+    const EXPECTING: &'static str;
+    /// What an array of them holds, for messages: "increments".
+    const PLURAL: &'static str;
+    /// The message after an unknown field's name.
+    const ONLY: &'static str;
+    /// Takes the value of the field `name`; `None` when the shape has no such field.
+    fn field(&mut self, name: &str, value: Scalar<'de>) -> Option<Result<(), ShapeError>>;
+    /// The object once every field is read, or the first missing field.
+    fn finish(self) -> Result<Self::Out, ShapeError>;
+}
 
-impl<'de> Visitor<'de> for IncrementVisitor {
-    type Value = Result<RawIncrement<'de>, ShapeError>;
+/// Takes a string field into `slot`.
+fn string_field<'de>(
+    field: &'static str,
+    slot: &mut Option<Cow<'de, str>>,
+    value: Scalar<'de>,
+) -> Result<(), ShapeError> {
+    match value {
+        _ if slot.is_some() => Err(ShapeError::Duplicate(field)),
+        Scalar::Str(s) => {
+            *slot = Some(s);
+            Ok(())
+        }
+        other => Err(ShapeError::WrongType {
+            field,
+            expected: JsonType::String,
+            found: kind(&other),
+        }),
+    }
+}
+
+/// `{"key": string, "value": integer}`.
+#[derive(Default)]
+struct IncrementFields<'de> {
+    key: Option<Cow<'de, str>>,
+    value: Option<i64>,
+}
+
+impl<'de> Shape<'de> for IncrementFields<'de> {
+    type Out = RawIncrement<'de>;
+    const EXPECTING: &'static str = "an increment object";
+    const PLURAL: &'static str = "increments";
+    const ONLY: &'static str = "an increment has only \"key\" and \"value\"";
+
+    fn field(&mut self, name: &str, value: Scalar<'de>) -> Option<Result<(), ShapeError>> {
+        Some(match name {
+            "key" => string_field("key", &mut self.key, value),
+            "value" => match value {
+                _ if self.value.is_some() => Err(ShapeError::Duplicate("value")),
+                Scalar::Int(v) => {
+                    self.value = Some(v);
+                    Ok(())
+                }
+                Scalar::BigInt => Err(ShapeError::ValueOutOfRange),
+                other => Err(ShapeError::WrongType {
+                    field: "value",
+                    expected: JsonType::Integer,
+                    found: kind(&other),
+                }),
+            },
+            _ => return None,
+        })
+    }
+
+    fn finish(self) -> Result<RawIncrement<'de>, ShapeError> {
+        match (self.key, self.value) {
+            (None, _) => Err(ShapeError::Missing("key")),
+            (_, None) => Err(ShapeError::Missing("value")),
+            (Some(key), Some(value)) => Ok(RawIncrement { key, value }),
+        }
+    }
+}
+
+/// `{"id": string, "tenant": string}`.
+#[derive(Default)]
+struct ItemFields<'de> {
+    id: Option<Cow<'de, str>>,
+    tenant: Option<Cow<'de, str>>,
+}
+
+impl<'de> Shape<'de> for ItemFields<'de> {
+    type Out = RawItem<'de>;
+    const EXPECTING: &'static str = "an item object";
+    const PLURAL: &'static str = "items";
+    const ONLY: &'static str = "an item has only \"id\" and \"tenant\"";
+
+    fn field(&mut self, name: &str, value: Scalar<'de>) -> Option<Result<(), ShapeError>> {
+        Some(match name {
+            "id" => string_field("id", &mut self.id, value),
+            "tenant" => string_field("tenant", &mut self.tenant, value),
+            _ => return None,
+        })
+    }
+
+    fn finish(self) -> Result<RawItem<'de>, ShapeError> {
+        match (self.id, self.tenant) {
+            (None, _) => Err(ShapeError::Missing("id")),
+            (_, None) => Err(ShapeError::Missing("tenant")),
+            (Some(id), Some(tenant)) => Ok(RawItem { id, tenant }),
+        }
+    }
+}
+
+/// Reads one object of shape `S`. Shape problems are collected (the first one wins) while the
+/// rest of the object is still consumed, so that a syntax error later in the body is reported
+/// as such.
+struct ObjectVisitor<S>(PhantomData<S>);
+
+impl<'de, S: Shape<'de>> Visitor<'de> for ObjectVisitor<S> {
+    type Value = Result<S::Out, ShapeError>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an increment object")
+        f.write_str(S::EXPECTING)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut key: Option<Cow<'de, str>> = None;
-        let mut value: Option<i64> = None;
+        let mut fields = S::default();
         let mut problem: Option<ShapeError> = None;
         while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
             if problem.is_some() {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            problem = match &*name {
-                "key" => match map.next_value::<Scalar<'de>>()? {
-                    _ if key.is_some() => Some(ShapeError::Duplicate("key")),
-                    Scalar::Str(s) => {
-                        key = Some(s);
-                        None
-                    }
-                    other => Some(ShapeError::WrongType {
-                        field: "key",
-                        found: kind(&other),
-                    }),
-                },
-                "value" => match map.next_value::<Scalar<'de>>()? {
-                    _ if value.is_some() => Some(ShapeError::Duplicate("value")),
-                    Scalar::Int(v) => {
-                        value = Some(v);
-                        None
-                    }
-                    Scalar::BigInt => Some(ShapeError::ValueOutOfRange),
-                    other => Some(ShapeError::WrongType {
-                        field: "value",
-                        found: kind(&other),
-                    }),
-                },
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    Some(ShapeError::Unknown(name.into_owned()))
-                }
+            let value = map.next_value::<Scalar<'de>>()?;
+            problem = match fields.field(&name, value) {
+                Some(taken) => taken.err(),
+                None => Some(ShapeError::Unknown {
+                    name: name.into_owned(),
+                    only: S::ONLY,
+                }),
             };
         }
-        Ok(match (problem, key, value) {
-            (Some(p), _, _) => Err(p),
-            (None, None, _) => Err(ShapeError::Missing("key")),
-            (None, _, None) => Err(ShapeError::Missing("value")),
-            (None, Some(key), Some(value)) => Ok(RawIncrement { key, value }),
+        Ok(match problem {
+            Some(p) => Err(p),
+            None => fields.finish(),
         })
     }
 
@@ -459,24 +576,26 @@ fn wrong_body(expected: JsonType, found: JsonType) -> ShapeError {
     ShapeError::WrongBody { expected, found }
 }
 
-/// An array element: an increment, or why it is not one.
-struct Item<'de>(Result<RawIncrement<'de>, ShapeError>);
+/// An array element: an object of shape `S`, or why it is not one.
+struct Element<'de, S: Shape<'de>>(Result<S::Out, ShapeError>);
 
-impl<'de> Deserialize<'de> for Item<'de> {
+impl<'de, S: Shape<'de>> Deserialize<'de> for Element<'de, S> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(IncrementVisitor).map(Item)
+        d.deserialize_any(ObjectVisitor::<S>(PhantomData))
+            .map(Element)
     }
 }
 
-struct ArrayVisitor {
+struct ArrayVisitor<S> {
     max: usize,
+    shape: PhantomData<S>,
 }
 
-impl<'de> Visitor<'de> for ArrayVisitor {
-    type Value = Result<Vec<RawIncrement<'de>>, ShapeError>;
+impl<'de, S: Shape<'de>> Visitor<'de> for ArrayVisitor<S> {
+    type Value = Result<Vec<S::Out>, ShapeError>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of increments")
+        write!(f, "an array of {}", S::PLURAL)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -490,13 +609,16 @@ impl<'de> Visitor<'de> for ArrayVisitor {
                 }
                 continue;
             }
-            match seq.next_element::<Item<'de>>()? {
+            match seq.next_element::<Element<'de, S>>()? {
                 None => break,
                 Some(_) if index == self.max => {
-                    problem = Some(ShapeError::TooMany { max: self.max });
+                    problem = Some(ShapeError::TooMany {
+                        max: self.max,
+                        what: S::PLURAL,
+                    });
                 }
-                Some(Item(Ok(inc))) => items.push(inc),
-                Some(Item(Err(error))) => {
+                Some(Element(Ok(item))) => items.push(item),
+                Some(Element(Err(error))) => {
                     problem = Some(ShapeError::Item {
                         index,
                         error: Box::new(error),
@@ -559,7 +681,10 @@ mod tests {
         assert_eq!(one(r#"{"key": "k"}"#), Err(Missing("value")));
         assert_eq!(
             one(r#"{"key": "k", "value": 1, "extra": 2}"#),
-            Err(Unknown("extra".into()))
+            Err(Unknown {
+                name: "extra".into(),
+                only: "an increment has only \"key\" and \"value\""
+            })
         );
         assert_eq!(
             one(r#"{"key": "k", "key": "j", "value": 1}"#),
@@ -573,6 +698,7 @@ mod tests {
             one(r#"{"key": 5, "value": 1}"#),
             Err(WrongType {
                 field: "key",
+                expected: JsonType::String,
                 found: JsonType::Integer
             })
         );
@@ -590,6 +716,7 @@ mod tests {
                 one(&body),
                 Err(WrongType {
                     field: "value",
+                    expected: JsonType::Integer,
                     found
                 }),
                 "{body}"
@@ -616,13 +743,7 @@ mod tests {
 
     /// Serde's answer alone, without the fast path.
     fn by_serde(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        de.deserialize_any(IncrementVisitor)
-            .and_then(|r| {
-                de.end()?;
-                Ok(r)
-            })
-            .map_err(malformed)?
+        parse_whole(body, ObjectVisitor::<IncrementFields>(PhantomData))
     }
 
     #[test]
@@ -731,11 +852,70 @@ mod tests {
             br#"[{"key": "a", "value": 1}, {"key": "b", "value": 1}]"#,
             1,
         );
-        assert_eq!(many, Err(ShapeError::TooMany { max: 1 }));
+        assert_eq!(
+            many,
+            Err(ShapeError::TooMany {
+                max: 1,
+                what: "increments"
+            })
+        );
         assert_eq!(parse_increments(b"[]", 1), Ok(vec![]));
         assert!(matches!(
             parse_increments(b"{}", 1),
             Err(ShapeError::WrongBody { .. })
         ));
+    }
+
+    #[test]
+    fn items_are_read_like_increments() {
+        use ShapeError::*;
+        let items = parse_items(
+            br#"[{"id": "i", "tenant": "t"}, {"tenant": "u", "id": "j"}]"#,
+            2,
+        );
+        let pairs: Vec<(&str, &str)> = items
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|i| (&*i.id, &*i.tenant))
+            .collect();
+        assert_eq!(pairs, [("i", "t"), ("j", "u")]);
+        let item_error = |body: &str| match parse_items(body.as_bytes(), 10) {
+            Err(Item { index: 0, error }) => *error,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(item_error(r#"[{"id": "i"}]"#), Missing("tenant"));
+        assert_eq!(item_error(r#"[{"tenant": "t"}]"#), Missing("id"));
+        assert_eq!(
+            item_error(r#"[{"id": "i", "tenant": 1}]"#),
+            WrongType {
+                field: "tenant",
+                expected: JsonType::String,
+                found: JsonType::Integer
+            }
+        );
+        assert_eq!(
+            item_error(r#"[{"id": "i", "id": "j", "tenant": "t"}]"#),
+            Duplicate("id")
+        );
+        assert_eq!(
+            item_error(r#"[{"id": "i", "tenant": "t", "key": "k"}]"#),
+            Unknown {
+                name: "key".into(),
+                only: "an item has only \"id\" and \"tenant\""
+            }
+        );
+        assert_eq!(
+            parse_items(
+                br#"[{"id": "i", "tenant": "t"}, {"id": "j", "tenant": "t"}]"#,
+                1
+            ),
+            Err(TooMany {
+                max: 1,
+                what: "items"
+            })
+        );
+        assert!(matches!(parse_items(b"{}", 1), Err(WrongBody { .. })));
+        assert!(matches!(parse_items(b"[] x", 1), Err(Malformed(_))));
     }
 }

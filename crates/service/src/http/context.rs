@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::error::ApiError;
 use crate::increment::ValidationRules;
 use crate::ingest::{Ingest, IngestError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::readiness::Readiness;
 
 /// The handlers' shared context.
@@ -21,7 +21,7 @@ pub struct ApiContext {
     pub rules: ValidationRules,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Most items in one `POST /increments`.
+    /// Most elements in one `POST /increments` or `POST /items`.
     pub max_batch: usize,
 }
 
@@ -37,6 +37,43 @@ impl ApiContext {
             self.metrics.reject("invalid", n);
         }
         parsed
+    }
+
+    /// Counts a refused `POST /items` among the rejected items, `n` of them.
+    pub(super) fn count_invalid_items<T>(
+        &self,
+        parsed: Result<T, ApiError>,
+        n: u64,
+    ) -> Result<T, ApiError> {
+        if parsed.is_err() {
+            self.metrics
+                .items_rejected
+                .get_or_create(&ReasonLabel { reason: "invalid" })
+                .inc_by(n);
+        }
+        parsed
+    }
+
+    /// Counts `n` items as accepted or rejected, by what the request path said.
+    pub(super) fn count_items<T>(
+        &self,
+        taken: Result<T, IngestError>,
+        n: u64,
+    ) -> Result<T, ApiError> {
+        match taken {
+            Ok(t) => {
+                self.metrics.items_accepted.inc_by(n);
+                Ok(t)
+            }
+            Err(e) => {
+                let reason = e.reason();
+                self.metrics
+                    .items_rejected
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc_by(n);
+                Err(e.into())
+            }
+        }
     }
 
     /// Counts `n` increments as accepted or rejected, by what the request path said.

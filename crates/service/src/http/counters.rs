@@ -1,4 +1,5 @@
-//! `GET /counters/{key}`: a key's total, persisted plus this node's pending increments.
+//! `GET /counters/{key}` (and its alias `GET /increment/{key}`): a key's total, persisted plus
+//! this node's pending increments.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -14,7 +15,10 @@ use super::error::ApiError;
 use super::route::Route;
 use crate::increment::check_key;
 
-pub const ROUTES: &[Route] = &[Route::new("/counters/{key}", || get(counter))];
+pub const ROUTES: &[Route] = &[
+    Route::new("/counters/{key}", || get(counter)),
+    Route::new("/increment/{key}", || get(counter)),
+];
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Counter {

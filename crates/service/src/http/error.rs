@@ -149,6 +149,8 @@ impl From<RuleViolation> for ApiError {
         let code = match v.field {
             crate::increment::Field::Key => "invalid_key",
             crate::increment::Field::Value => "invalid_value",
+            crate::increment::Field::Id => "invalid_id",
+            crate::increment::Field::Tenant => "invalid_tenant",
         };
         ApiError::bad_request(code, v.message, Some(v.field.name()))
     }

@@ -10,6 +10,7 @@ mod counters;
 pub mod error;
 mod health;
 mod increments;
+mod items;
 mod metrics;
 pub mod observe;
 mod openapi;
@@ -38,6 +39,7 @@ fn routes() -> impl Iterator<Item = &'static Route> {
     [
         increments::ROUTES,
         counters::ROUTES,
+        items::ROUTES,
         health::ROUTES,
         metrics::ROUTES,
         openapi::ROUTES,

@@ -21,14 +21,39 @@ use super::route::Route;
         super::increments::increment,
         super::increments::increments,
         super::counters::counter,
+        super::items::add_items,
+        super::items::item_count,
         super::health::health,
         super::health::ready,
         super::metrics::metrics,
         spec,
     ),
-    components(schemas(super::body::IncrementRequest, super::error::ErrorBody))
+    modifiers(&Aliases),
+    components(schemas(
+        super::body::IncrementRequest,
+        super::body::ItemRequest,
+        super::error::ErrorBody
+    ))
 )]
 struct ApiDoc;
+
+/// Documents each alias as its original, under an operation id of its own (ids are unique in
+/// an OpenAPI document). The `/api/` aliases are left out: they predate this document.
+struct Aliases;
+
+impl utoipa::Modify for Aliases {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (alias, original, id) in [("/increment/{key}", "/counters/{key}", "counter_alias")] {
+            let Some(mut item) = doc.paths.paths.get(original).cloned() else {
+                continue;
+            };
+            if let Some(get) = item.get.as_mut() {
+                get.operation_id = Some(id.to_owned());
+            }
+            doc.paths.paths.insert(alias.to_owned(), item);
+        }
+    }
+}
 
 static SPEC: LazyLock<String> = LazyLock::new(|| {
     ApiDoc::openapi()

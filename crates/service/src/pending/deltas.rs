@@ -258,6 +258,22 @@ impl PendingDeltas {
             .map(|(_, d)| (*d, shard.batch))
     }
 
+    /// The rest of every key of the open batch that starts with `prefix`, appended to `out`.
+    /// It visits every key, one shard at a time, each under its lock: a read of a tenant's
+    /// items costs time in the number of keys pending, not in the tenant's.
+    pub fn suffixes_of(&self, prefix: &str, out: &mut Vec<Box<str>>) {
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            out.extend(
+                shard
+                    .deltas
+                    .iter()
+                    .filter_map(|(k, _)| k.strip_prefix(prefix))
+                    .map(Box::from),
+            );
+        }
+    }
+
     /// Closes the open batch and opens batch `next`: every shard's map is swapped for an empty
     /// one. Returns the closed batch's deltas, unordered.
     ///

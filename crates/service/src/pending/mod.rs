@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchSeq, FlushBatch};
+use crate::item;
 use crate::sync::lock;
 
 /// The pending buffer: the open batch and the batch in flight. Shared behind an `Arc` by the
@@ -123,6 +124,31 @@ impl Unpersisted {
             found.push(HeldDelta { batch, delta });
         }
         found
+    }
+
+    /// The ids of `tenant`'s items (`crate::item`) this node holds in memory, each once: in
+    /// the batch being written and in the open batch. A caller that reads PostgreSQL *after*
+    /// this call counts those PostgreSQL does not have.
+    pub fn held_items(&self, tenant: &str) -> Vec<Box<str>> {
+        let prefix = item::tenant_prefix(tenant);
+        // Held while the open batch is read, so that no cut moves an id from the open batch
+        // to the batch in flight, unseen, in between.
+        let in_flight = lock(&self.in_flight);
+        let mut ids = Vec::new();
+        if let Some(batch) = in_flight.as_ref() {
+            let keys = &batch.deltas;
+            let start = keys.partition_point(|(k, _)| **k < *prefix);
+            ids.extend(
+                keys[start..]
+                    .iter()
+                    .map_while(|(k, _)| k.strip_prefix(&*prefix))
+                    .map(Box::from),
+            );
+        }
+        self.open.suffixes_of(&prefix, &mut ids);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Age of the oldest increment PostgreSQL does not have yet (an upper bound: the age of

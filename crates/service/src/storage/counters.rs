@@ -7,7 +7,8 @@
 //! range, an operator's constraint), the batch is written again isolating the keys it refuses:
 //! each chunk under a savepoint, halved on refusal down to single keys, and a single key still
 //! refused is left out and recorded in `rejected_increments`. Everything else of the batch
-//! commits, in the same transaction as the progress row.
+//! commits, in the same transaction as the progress row. A batch's items (`crate::item`) are
+//! written first in the same transaction (`items.rs`).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{Owner, Storage, StorageError, bounded, from_bigint, to_bigint};
 use crate::batch::BatchSeq;
+use crate::item::{MARK, from_pending_key};
 
 /// Most rows one upsert statement carries, so no statement grows without bound however many
 /// keys a batch holds.
@@ -101,7 +103,7 @@ impl Rejected {
         }
     }
 
-    fn refused(key: &str, delta: i64, sqlstate: String, message: String) -> Rejected {
+    pub(super) fn refused(key: &str, delta: i64, sqlstate: String, message: String) -> Rejected {
         let reason = if sqlstate == SqlState::NUMERIC_VALUE_OUT_OF_RANGE.code() {
             RejectReason::TotalOutOfRange
         } else {
@@ -349,6 +351,21 @@ async fn apply_batch_in(
     }
 
     let mut rejected = Vec::new();
+    // Items sort before every counter key: the batch's items first, then its counters, the
+    // order in which every transaction takes its locks.
+    let (items, deltas) = deltas.split_at(deltas.partition_point(|(k, _)| k.starts_with(MARK)));
+    if !items.is_empty() {
+        let items: Vec<(&str, &str)> = items
+            .iter()
+            .filter_map(|(k, _)| from_pending_key(k))
+            .collect();
+        let isolating = chunks == Chunks::Isolating;
+        match super::items::insert(&tx, limit, &items, isolating, &mut rejected).await {
+            Ok(()) => {}
+            Err(StorageError::Refused { .. }) if !isolating => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
     for chunk in deltas.chunks(CHUNK_ROWS) {
         match chunks {
             Chunks::Plain => match upsert(&tx, limit, chunk).await {

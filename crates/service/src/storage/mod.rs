@@ -15,6 +15,7 @@
 
 mod claim;
 mod counters;
+mod items;
 mod migrations;
 
 use std::fmt;
