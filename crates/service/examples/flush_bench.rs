@@ -2,8 +2,13 @@
 //! map reaches PostgreSQL at once (after an outage, or at a flush interval on a busy node).
 //!
 //! ```sh
-//! cargo run --release -p tally --example flush_bench -- [--keys 1000000] [--key-bytes 36]
+//! cargo run --release -p tally --example flush_bench -- [--keys 1000000] [--key-bytes 36] [--items]
 //! ```
+//!
+//! With `--items` the batch holds that many distinct items of one tenant instead (ids of
+//! `--key-bytes` bytes, as `POST /items` sends them): the first flush inserts every item, the
+//! second finds every one already there and inserts nothing; the check wants the tenant's
+//! count to be the number of ids.
 //!
 //! It writes the same keys twice through [`Storage::apply_batch`], as the flusher does: first
 //! as new keys (every row an INSERT), then again as the next batch (every row hits an
@@ -35,6 +40,9 @@ struct Args {
     /// Length of each key in bytes (36 is a hyphenated UUID).
     #[arg(long, default_value_t = 36)]
     key_bytes: usize,
+    /// Flush distinct items of one tenant instead of counter keys.
+    #[arg(long)]
+    items: bool,
 }
 
 /// One timed `apply_batch`.
@@ -49,6 +57,8 @@ struct Timed {
 struct FlushReport {
     keys: usize,
     key_bytes: usize,
+    /// Whether the keys were items of one tenant (`--items`).
+    items: bool,
     /// `managed` (a fresh cluster) or `external` (DATABASE_URL).
     database: &'static str,
     /// The server's own `version()` string.
@@ -56,9 +66,9 @@ struct FlushReport {
     /// Sorting the batch by key, which the flusher does before writing; not in the figures
     /// below.
     sort_seconds: f64,
-    /// First flush: every key new.
+    /// First flush: every key (or item) new.
     insert: Timed,
-    /// Second flush of the same keys: every key already in the table.
+    /// Second flush of the same keys: every key (or item) already in the table.
     update: Timed,
 }
 
@@ -120,7 +130,15 @@ async fn run(
     let node = data_dir.node_id(None)?;
     let claim = storage.claim_node(&node, 0).await?;
 
-    let (deltas, sort_seconds) = distinct_keys(args.keys, args.key_bytes);
+    let (mut deltas, sort_seconds) = distinct_keys(args.keys, args.key_bytes);
+    let tenant = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    if args.items {
+        // Each key becomes an item's pending key: the prefix keeps them sorted.
+        let prefix = tally::item::tenant_prefix(&tenant);
+        for (key, _) in &mut deltas {
+            *key = format!("{prefix}{key}").into_boxed_str();
+        }
+    }
     let first = BatchSeq::first();
     let insert = timed_flush(&storage, claim.owner(), first, &deltas).await?;
     let update = timed_flush(&storage, claim.owner(), first.next(), &deltas).await?;
@@ -128,9 +146,13 @@ async fn run(
 
     let (client, connection) = pg_config.connect(NoTls).await?;
     tokio::spawn(connection);
-    check_totals(&client, &deltas).await?;
+    if args.items {
+        check_items(&client, &tenant, deltas.len()).await?;
+    } else {
+        check_totals(&client, &deltas).await?;
+    }
     if !managed {
-        forget(&client, &deltas, node.as_str()).await?;
+        forget(&client, &deltas, &tenant, node.as_str()).await?;
     }
     let server_version: String = client.query_one("SELECT version()", &[]).await?.get(0);
     storage.close();
@@ -138,6 +160,7 @@ async fn run(
     Ok(FlushReport {
         keys: args.keys,
         key_bytes: args.key_bytes,
+        items: args.items,
         database: if managed { "managed" } else { "external" },
         server_version,
         sort_seconds,
@@ -208,12 +231,42 @@ async fn check_totals(
     Ok(())
 }
 
+/// Fails unless the tenant has exactly `ids` items, in rows and in its count.
+async fn check_items(
+    client: &tokio_postgres::Client,
+    tenant: &str,
+    ids: usize,
+) -> anyhow::Result<()> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM items WHERE tenant = $1),
+                    (SELECT count FROM item_counts WHERE tenant = $1)",
+            &[&tenant],
+        )
+        .await?;
+    let (rows, count): (i64, Option<i64>) = (row.get(0), row.get(1));
+    anyhow::ensure!(
+        rows == ids as i64 && count == Some(ids as i64),
+        "PostgreSQL holds {rows} items and a count of {count:?} for {ids} distinct ids"
+    );
+    Ok(())
+}
+
 /// Removes what the run wrote to a database that outlives it.
 async fn forget(
     client: &tokio_postgres::Client,
     deltas: &[(Box<str>, i64)],
+    tenant: &str,
     node: &str,
 ) -> anyhow::Result<()> {
+    for table in ["items", "item_counts"] {
+        client
+            .execute(
+                &format!("DELETE FROM {table} WHERE tenant = $1"),
+                &[&tenant],
+            )
+            .await?;
+    }
     let keys: Vec<&str> = deltas.iter().map(|(key, _)| &**key).collect();
     client
         .execute("DELETE FROM counters WHERE key = ANY($1::text[])", &[&keys])

@@ -778,7 +778,23 @@ async fn exercise(app: &TestApp) {
         StatusCode::BAD_REQUEST
     );
     app.counter("deploy-check").await;
-    for path in ["/health", "/ready", "/openapi.json", "/no-such-route"] {
+    let items = r#"[{"id": "i", "tenant": "deploy"}]"#;
+    assert_eq!(
+        app.post_json("/items", items).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let invalid = r#"[{"id": "", "tenant": "deploy"}]"#;
+    assert_eq!(
+        app.post_json("/items", invalid).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    for path in [
+        "/health",
+        "/ready",
+        "/openapi.json",
+        "/items/deploy/count",
+        "/no-such-route",
+    ] {
         app.http
             .get(app.url(path))
             .send()

@@ -245,4 +245,39 @@ mod tests {
             "an empty batch is not in flight"
         );
     }
+
+    /// A tenant's ids are found in the open batch and in flight, each once, and no other
+    /// tenant's (nor a counter's).
+    #[test]
+    fn a_tenants_held_items_are_found_in_both_batches_once() {
+        use crate::increment::ValidationRules;
+        use crate::item::Item;
+        let key = |tenant: &str, id: &str| {
+            Item::new(tenant.into(), id.into(), &ValidationRules::default())
+                .unwrap()
+                .pending_key()
+        };
+        let pending = Unpersisted::new(BatchSeq::first(), 100);
+        for (tenant, id) in [("t", "a"), ("t", "b"), ("tt", "x"), ("u", "a")] {
+            pending.add(&key(tenant, id), 1).unwrap();
+        }
+        pending.add("t", 5).unwrap();
+        let batch = pending.cut(BatchSeq::first()).unwrap();
+        pending.add(&key("t", "b"), 1).unwrap();
+        pending.add(&key("t", "c"), 1).unwrap();
+        let ids: Vec<String> = pending
+            .held_items("t")
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        pending.settle(&batch);
+        let ids: Vec<String> = pending
+            .held_items("t")
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert!(pending.held_items("nobody").is_empty());
+    }
 }
