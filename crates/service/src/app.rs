@@ -24,6 +24,7 @@ use crate::database::Database;
 use crate::flush::{FlushEnd, Flusher};
 use crate::http::observe::Observe;
 use crate::http::{ApiContext, app};
+use crate::idempotency::{Idempotency, Purger};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::{Journal, JournalOptions};
 use crate::metrics::Metrics;
@@ -33,6 +34,10 @@ use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
 use crate::storage::{NodeClaim, Owner, Replay, Storage};
+
+/// How many answers to requests with an `Idempotency-Key` a node keeps, to answer an
+/// immediate retry without the database: about 300 bytes each.
+const RECENT_IDEMPOTENT_ANSWERS: usize = 100_000;
 
 /// Runs a node on `listener` until `shutdown` is requested and everything is flushed.
 pub async fn serve(
@@ -50,6 +55,8 @@ pub struct Node {
     /// Stopped first: it stops accepting once a shutdown is requested (and the drain delay
     /// has passed), then lets requests in flight finish, up to the drain timeout.
     http: HttpServer,
+    /// Stopped once nothing can take a request with an `Idempotency-Key` any more.
+    purger: Purger,
     /// Closed once the server has stopped: a request it gave up waiting for runs on,
     /// detached, and were it to add after the final cut it would be acknowledged and never
     /// written; closed, the buffer answers it 503. `None` in sync mode.
@@ -137,6 +144,11 @@ impl Node {
             rules: config.validation_rules(),
             max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
             max_batch: config.max_batch as usize,
+            idempotency: Idempotency::new(
+                storage.clone(),
+                config.idempotency_ttl,
+                RECENT_IDEMPOTENT_ANSWERS,
+            ),
         });
         metrics
             .build_info
@@ -165,6 +177,7 @@ impl Node {
                 drain_delay: config.drain_delay,
                 drain_timeout: config.drain_timeout,
             },
+            purger: Purger::start(storage.clone()),
             pending: writers.pending,
             flusher: writers.flusher,
             journal: writers.journal,
@@ -178,6 +191,7 @@ impl Node {
     /// outcome says whether PostgreSQL has every acknowledged increment, or the journal does.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.http.serve().await;
+        self.purger.stop().await;
         if let Some(pending) = &self.pending {
             pending.close();
             tracing::info!("taking no more increments; final flush");

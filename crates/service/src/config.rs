@@ -134,6 +134,12 @@ pub struct ServeConfig {
           value_parser = parse_drain_timeout, value_name = "DURATION")]
     pub drain_timeout: Duration,
 
+    /// How long an `Idempotency-Key` is kept: a retry within it counts once, a retry after it
+    /// counts again. Expired keys are purged in the background.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_TTL", default_value = "24h",
+          value_parser = parse_idempotency_ttl, value_name = "DURATION")]
+    pub idempotency_ttl: Duration,
+
     /// Log one line per request (method, route, status, duration, request id).
     #[arg(long, env = "TALLY_ACCESS_LOG", default_value_t = false,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
@@ -262,6 +268,14 @@ fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 30s, 2m)"))?;
     if d > Duration::from_secs(3600) {
         return Err("must be at most 1h".into());
+    }
+    Ok(d)
+}
+
+fn parse_idempotency_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1h, 24h, 7days)"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(365 * 24 * 3600) {
+        return Err("must be from 1s to 365days".into());
     }
     Ok(d)
 }

@@ -322,7 +322,10 @@ impl Buffered {
 
 /// Maps a sync-mode storage error; `index_of` finds a key's position in a multi-increment
 /// request. A statement that got no answer may have committed: its outcome is unknown.
-fn from_storage(e: StorageError, index_of: impl FnOnce(&str) -> Option<usize>) -> IngestError {
+pub(crate) fn from_storage(
+    e: StorageError,
+    index_of: impl FnOnce(&str) -> Option<usize>,
+) -> IngestError {
     match e {
         e if e.outcome_unknown() => IngestError::OutcomeUnknown(e.to_string()),
         StorageError::OutOfRange { key } => IngestError::OutOfRange {
@@ -335,7 +338,7 @@ fn from_storage(e: StorageError, index_of: impl FnOnce(&str) -> Option<usize>) -
 
 /// Sums repeated keys and sorts by key, as one upsert statement needs. On overflow, returns
 /// the index of the increment that overflowed.
-fn merge_sorted<'a>(incs: &'a [Increment<'_>]) -> Result<Vec<(&'a str, i64)>, usize> {
+pub(crate) fn merge_sorted<'a>(incs: &'a [Increment<'_>]) -> Result<Vec<(&'a str, i64)>, usize> {
     let mut order: Vec<usize> = (0..incs.len()).collect();
     order.sort_by(|&a, &b| incs[a].key().cmp(incs[b].key()).then(a.cmp(&b)));
     let mut merged: Vec<(&str, i64)> = Vec::with_capacity(incs.len());

@@ -18,6 +18,7 @@ pub mod database;
 pub mod fault;
 pub mod flush;
 pub mod http;
+pub mod idempotency;
 pub mod increment;
 pub mod ingest;
 pub mod item;

@@ -67,6 +67,9 @@ pub struct Metrics {
     /// `shutting_down`. A delta a flush leaves out counts once, however many increments it
     /// sums.
     pub increments_rejected: Family<ReasonLabel, Counter>,
+    /// Requests with an `Idempotency-Key`, by outcome: `applied` (now), `replayed` (a retry
+    /// given its first answer), `reused` (422), `failed`.
+    pub idempotent_requests: Family<OutcomeLabel, Counter>,
     /// Items (`POST /items`) acknowledged to clients, repeats included.
     pub items_accepted: Counter,
     /// Items refused, by the reasons of `increments_rejected`.
@@ -107,6 +110,7 @@ impl Default for Metrics {
             increments_accepted: Counter::default(),
             increments_rejected: Family::default(),
             items_accepted: Counter::default(),
+            idempotent_requests: Family::default(),
             items_rejected: Family::default(),
             flushes: Family::default(),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -147,6 +151,11 @@ impl Metrics {
             "increments_rejected",
             "Increments refused, by reason",
             self.increments_rejected.clone(),
+        );
+        r.register(
+            "idempotent_requests",
+            "Requests with an Idempotency-Key, by outcome",
+            self.idempotent_requests.clone(),
         );
         r.register(
             "items_accepted",

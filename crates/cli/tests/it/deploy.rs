@@ -783,6 +783,16 @@ async fn exercise(app: &TestApp) {
         app.post_json("/items", items).await.status(),
         StatusCode::ACCEPTED
     );
+    let once = app
+        .http
+        .post(app.url("/increment"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "deploy-check")
+        .body(r#"{"key": "deploy-once", "value": 1}"#)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(once.status(), StatusCode::ACCEPTED);
     let invalid = r#"[{"id": "", "tenant": "deploy"}]"#;
     assert_eq!(
         app.post_json("/items", invalid).await.status(),

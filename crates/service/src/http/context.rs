@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use super::error::ApiError;
+use crate::idempotency::Idempotency;
+use crate::idempotency::Once;
 use crate::increment::ValidationRules;
 use crate::ingest::{Ingest, IngestError};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::readiness::Readiness;
 
 /// The handlers' shared context.
@@ -23,6 +25,8 @@ pub struct ApiContext {
     pub max_body_bytes: usize,
     /// Most elements in one `POST /increments` or `POST /items`.
     pub max_batch: usize,
+    /// Requests with an `Idempotency-Key`.
+    pub idempotency: Idempotency,
 }
 
 impl ApiContext {
@@ -74,6 +78,49 @@ impl ApiContext {
                 Err(e.into())
             }
         }
+    }
+
+    /// Counts what became of a request with an `Idempotency-Key` of `n` increments (or items,
+    /// with `items`): only a request applied now is accepted; a retry given its first answer
+    /// counts nowhere.
+    pub(super) fn count_once(
+        &self,
+        once: Result<Once, IngestError>,
+        n: u64,
+        items: bool,
+    ) -> Result<Once, ApiError> {
+        let (accepted, rejected) = if items {
+            (&self.metrics.items_accepted, &self.metrics.items_rejected)
+        } else {
+            (
+                &self.metrics.increments_accepted,
+                &self.metrics.increments_rejected,
+            )
+        };
+        let reason = match &once {
+            Ok(Once::Applied(_)) => {
+                accepted.inc_by(n);
+                None
+            }
+            Ok(Once::Replayed(_)) => None,
+            Ok(Once::Reused) => Some("idempotency_key_reused"),
+            Err(e) => Some(e.reason()),
+        };
+        if let Some(reason) = reason {
+            rejected.get_or_create(&ReasonLabel { reason }).inc_by(n);
+        }
+        self.metrics
+            .idempotent_requests
+            .get_or_create(&OutcomeLabel {
+                outcome: match &once {
+                    Ok(Once::Applied(_)) => "applied",
+                    Ok(Once::Replayed(_)) => "replayed",
+                    Ok(Once::Reused) => "reused",
+                    Err(_) => "failed",
+                },
+            })
+            .inc();
+        once.map_err(ApiError::from)
     }
 
     /// Counts `n` increments as accepted or rejected, by what the request path said.

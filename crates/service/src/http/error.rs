@@ -126,6 +126,16 @@ impl ApiError {
         )
     }
 
+    /// 422 `idempotency_key_reused`: the key came before with another request.
+    pub fn idempotency_key_reused() -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used before for a different request; nothing was applied",
+        )
+        .on("Idempotency-Key")
+    }
+
     pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         ApiError {
             retry_after: Some(RETRY_AFTER_SECONDS),

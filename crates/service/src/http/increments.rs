@@ -12,7 +12,9 @@ use serde::Serialize;
 use super::body::{JsonBody, parse_increment, parse_increments};
 use super::context::ApiContext;
 use super::error::ApiError;
+use super::idempotency::{MaybeKey, empty_answer, json_answer, respond};
 use super::route::Route;
+use crate::idempotency::Fingerprint;
 use crate::increment::Increment;
 use crate::ingest::Receipt;
 
@@ -35,23 +37,45 @@ pub(crate) struct Accepted {
     accepted: usize,
 }
 
-/// Adds `value` to the total of `key`.
-#[utoipa::path(post, path = "/increment", request_body = super::body::IncrementRequest, responses(
+/// Adds `value` to the total of `key`. With an `Idempotency-Key`, a retry counts once.
+#[utoipa::path(post, path = "/increment", params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body counts once and gets the first answer, on any node, for --idempotency-ttl")), request_body = super::body::IncrementRequest, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode); empty body"),
     (status = 200, description = "Applied (sync mode), with the new total", body = Applied),
     (status = 400, description = "Malformed or invalid body, or a total out of the 64-bit range", body = super::error::ErrorBody),
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
+    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increment(
     State(ctx): State<Arc<ApiContext>>,
+    MaybeKey(idempotency_key): MaybeKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let parsed = parse_increment(&body)
         .map_err(ApiError::from)
         .and_then(|raw| Ok(Increment::new(raw.key, raw.value, &ctx.rules)?));
     let inc = ctx.count_invalid(parsed, 1)?;
+    if let Some(key) = idempotency_key {
+        let sync = ctx.ingest.is_sync();
+        let fingerprint = Fingerprint::of("increment", &body);
+        let once = ctx
+            .idempotency
+            .increments(
+                &key,
+                fingerprint,
+                std::slice::from_ref(&inc),
+                |totals| match totals.first() {
+                    Some(&(_, total)) if sync => {
+                        let (key, value) = (inc.key(), inc.value());
+                        json_answer(StatusCode::OK, &Applied { key, value, total })
+                    }
+                    _ => empty_answer(StatusCode::ACCEPTED),
+                },
+            )
+            .await;
+        return respond(ctx.count_once(once, 1, false)?);
+    }
     let receipt = ctx.ingest.increment(&inc).await;
     Ok(match ctx.count(receipt, 1)? {
         Receipt::Buffered => StatusCode::ACCEPTED.into_response(),
@@ -64,17 +88,19 @@ pub(crate) async fn increment(
     })
 }
 
-/// Adds several increments, all or none.
-#[utoipa::path(post, path = "/increments", request_body = Vec<super::body::IncrementRequest>, responses(
+/// Adds several increments, all or none. With an `Idempotency-Key`, a retry counts once.
+#[utoipa::path(post, path = "/increments", params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body counts once and gets the first answer, on any node, for --idempotency-ttl")), request_body = Vec<super::body::IncrementRequest>, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode)", body = Accepted),
     (status = 200, description = "Applied (sync mode)", body = Accepted),
     (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
+    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increments(
     State(ctx): State<Arc<ApiContext>>,
+    MaybeKey(idempotency_key): MaybeKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let parsed = parse_increments(&body, ctx.max_batch)
@@ -89,20 +115,25 @@ pub(crate) async fn increments(
                 .collect::<Result<Vec<_>, _>>()
         });
     let incs = ctx.count_invalid(parsed, 1)?;
-    if !incs.is_empty() {
-        let taken = ctx.ingest.increment_all(&incs).await;
-        ctx.count(taken, incs.len() as u64)?;
-    }
     let status = if ctx.ingest.is_sync() {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((
-        status,
-        Json(Accepted {
-            accepted: incs.len(),
-        }),
-    )
-        .into_response())
+    let accepted = Accepted {
+        accepted: incs.len(),
+    };
+    if let Some(key) = idempotency_key {
+        let fingerprint = Fingerprint::of("increments", &body);
+        let once = ctx
+            .idempotency
+            .increments(&key, fingerprint, &incs, |_| json_answer(status, &accepted))
+            .await;
+        return respond(ctx.count_once(once, incs.len() as u64, false)?);
+    }
+    if !incs.is_empty() {
+        let taken = ctx.ingest.increment_all(&incs).await;
+        ctx.count(taken, incs.len() as u64)?;
+    }
+    Ok((status, Json(accepted)).into_response())
 }

@@ -14,7 +14,9 @@ use serde::Serialize;
 use super::body::{JsonBody, parse_items};
 use super::context::ApiContext;
 use super::error::ApiError;
+use super::idempotency::{MaybeKey, json_answer, respond};
 use super::route::Route;
+use crate::idempotency::Fingerprint;
 use crate::increment::{Field, check_name};
 use crate::ingest::ItemsReceipt;
 use crate::item::Item;
@@ -39,18 +41,21 @@ pub(crate) struct ItemCount {
     count: i64,
 }
 
-/// Adds items, each counted once per tenant however often it is sent; all or none.
-#[utoipa::path(post, path = "/items", request_body = Vec<super::body::ItemRequest>, responses(
+/// Adds items, each counted once per tenant however often it is sent; all or none. With an
+/// `Idempotency-Key`, a retry is answered as the first attempt was.
+#[utoipa::path(post, path = "/items", params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body counts once and gets the first answer, on any node, for --idempotency-ttl")), request_body = Vec<super::body::ItemRequest>, responses(
     (status = 202, description = "Accepted for the next flush (buffered mode)", body = ItemsAccepted),
     (status = 200, description = "Applied (sync mode), with the count of each tenant named", body = ItemsAccepted),
     (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
     (status = 500, description = "The outcome is unknown: the items may or may not be counted", body = super::error::ErrorBody),
+    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn add_items(
     State(ctx): State<Arc<ApiContext>>,
+    MaybeKey(idempotency_key): MaybeKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let parsed = parse_items(&body, ctx.max_batch)
@@ -66,6 +71,22 @@ pub(crate) async fn add_items(
         });
     let items = ctx.count_invalid_items(parsed, 1)?;
     let accepted = items.len();
+    if let Some(key) = idempotency_key {
+        let sync = ctx.ingest.is_sync();
+        let fingerprint = Fingerprint::of("items", &body);
+        let once = ctx
+            .idempotency
+            .items(&key, fingerprint, &items, |counts| {
+                let (status, counts) = if sync {
+                    (StatusCode::OK, Some(counts.iter().cloned().collect()))
+                } else {
+                    (StatusCode::ACCEPTED, None)
+                };
+                json_answer(status, &ItemsAccepted { accepted, counts })
+            })
+            .await;
+        return respond(ctx.count_once(once, accepted as u64, true)?);
+    }
     let receipt = if items.is_empty() {
         ItemsReceipt::Buffered
     } else {

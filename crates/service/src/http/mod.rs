@@ -9,6 +9,7 @@ mod context;
 mod counters;
 pub mod error;
 mod health;
+mod idempotency;
 mod increments;
 mod items;
 mod metrics;

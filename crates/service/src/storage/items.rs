@@ -125,29 +125,40 @@ async fn insert_isolating(
     Ok(())
 }
 
+/// Inserts `items` (sorted, each once) in the caller's transaction and returns the count of
+/// every tenant they name, sorted by tenant.
+pub(super) async fn insert_and_count(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+    items: &Items<'_>,
+) -> Result<Vec<(String, i64)>, StorageError> {
+    let mut tenants: Vec<&str> = items.iter().map(|(t, _)| *t).collect();
+    tenants.dedup();
+    let mut rejected = Vec::new();
+    insert(tx, limit, items, false, &mut rejected).await?;
+    let rows = bounded(
+        limit,
+        tx.query(
+            "SELECT t.tenant, coalesce(c.count, 0)
+             FROM unnest($1::text[]) AS t(tenant)
+             LEFT JOIN item_counts c ON c.tenant = t.tenant
+             ORDER BY t.tenant",
+            &[&tenants],
+        ),
+    )
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 impl Storage {
     /// Inserts `items` (sorted, each once) in one transaction and returns the new count of
     /// every tenant they name, sorted by tenant: `--mode sync`.
     pub async fn add_items(&self, items: &Items<'_>) -> Result<Vec<(String, i64)>, StorageError> {
-        let mut tenants: Vec<&str> = items.iter().map(|(t, _)| *t).collect();
-        tenants.dedup();
         self.with_client(async |client, limit| {
             let tx = bounded(limit, client.transaction()).await?;
-            let mut rejected = Vec::new();
-            insert(&tx, limit, items, false, &mut rejected).await?;
-            let rows = bounded(
-                limit,
-                tx.query(
-                    "SELECT t.tenant, coalesce(c.count, 0)
-                     FROM unnest($1::text[]) AS t(tenant)
-                     LEFT JOIN item_counts c ON c.tenant = t.tenant
-                     ORDER BY t.tenant",
-                    &[&tenants],
-                ),
-            )
-            .await?;
+            let counts = insert_and_count(&tx, limit, items).await?;
             bounded(limit, tx.commit()).await?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            Ok(counts)
         })
         .await
     }

@@ -15,6 +15,7 @@
 
 mod claim;
 mod counters;
+mod idempotency;
 mod items;
 mod migrations;
 
@@ -26,6 +27,7 @@ use tokio_postgres::NoTls;
 
 pub use claim::{Applied, NodeClaim, Owner};
 pub use counters::{BatchOutcome, RejectReason, Rejected, Replay};
+pub use idempotency::{Effect, PURGE_ROWS, Stored, Work};
 
 /// How long to wait for a connection to open, and for a free one from the pool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
