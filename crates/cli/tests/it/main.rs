@@ -14,6 +14,7 @@ mod crash;
 mod deploy;
 mod disk_faults;
 mod flush;
+mod idempotency;
 mod journal;
 mod load;
 mod managed_postgres;
