@@ -617,7 +617,10 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
             "/counters/{key}",
             "/health",
             "/increment",
+            "/increment/{key}",
             "/increments",
+            "/items",
+            "/items/{tenant}/count",
             "/metrics",
             "/openapi.json",
             "/ready"
@@ -625,7 +628,11 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
     );
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let url = app.url(&path.replace("{key}", "some-key"));
+            let url = app.url(
+                &path
+                    .replace("{key}", "some-key")
+                    .replace("{tenant}", "some-tenant"),
+            );
             let r = match method.as_str() {
                 "get" => app.http.get(url).send().await.unwrap(),
                 "post" => app.post_json(path, "[]").await,

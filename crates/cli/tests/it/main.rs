@@ -15,6 +15,7 @@ mod deploy;
 mod disk_faults;
 mod flush;
 mod idempotency;
+mod items;
 mod journal;
 mod load;
 mod managed_postgres;

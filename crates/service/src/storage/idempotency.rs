@@ -71,9 +71,12 @@ impl Storage {
     ) -> Result<Stored, StorageError> {
         self.with_client(async |client, limit| {
             let tx = bounded(limit, client.transaction()).await?;
+            // Prepared once per connection: each statement of this transaction is then one
+            // round trip, not two.
+            let claim = bounded(limit, tx.prepare_cached(CLAIM)).await?;
             let claimed = bounded(
                 limit,
-                tx.query_opt(CLAIM, &[&key, &&fingerprint.0[..], &ttl.as_secs_f64()]),
+                tx.query_opt(&claim, &[&key, &&fingerprint.0[..], &ttl.as_secs_f64()]),
             )
             .await?;
             if claimed.is_none() {
@@ -98,7 +101,8 @@ impl Storage {
             let applied = match work {
                 Work::Increments(deltas) => {
                     let (keys, values): (Vec<&str>, Vec<i64>) = deltas.iter().copied().unzip();
-                    let rows = bounded(limit, tx.query(UPSERT_RETURNING, &[&keys, &values]))
+                    let upsert = bounded(limit, tx.prepare_cached(UPSERT_RETURNING)).await?;
+                    let rows = bounded(limit, tx.query(&upsert, &[&keys, &values]))
                         .await
                         .map_err(out_of_range)?;
                     let mut totals: Vec<(String, i64)> =
