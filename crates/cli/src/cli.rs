@@ -39,6 +39,10 @@ enum CliCommand {
     Postgres(PostgresConfig),
     /// Check a stopped node's journal, or repair damage that keeps the node from starting.
     Journal(JournalConfig),
+    /// Manage users (for `--auth required`).
+    User(UserConfig),
+    /// Manage API keys (for `--auth required`).
+    Key(KeyConfig),
 }
 
 /// What the command line asked for, fully resolved.
@@ -49,6 +53,46 @@ pub enum Command {
     Load(tally_load::LoadConfig),
     Postgres(PostgresConfig),
     Journal(JournalConfig),
+    User(UserConfig),
+    Key(KeyConfig),
+}
+
+/// Settings of `tally user`.
+#[derive(Debug, Clone, Args)]
+pub struct UserConfig {
+    #[command(subcommand)]
+    pub action: UserAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserAction {
+    /// Add a user, whatever `--signup` says. The password is read from standard input (its
+    /// first line), so that it stays out of the shell's history and the process list.
+    Add {
+        /// The user's email, which is also the login.
+        email: String,
+        #[command(flatten)]
+        settings: MigrateConfig,
+    },
+}
+
+/// Settings of `tally key`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyConfig {
+    #[command(subcommand)]
+    pub action: KeyAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyAction {
+    /// Create an API key for a user and print it, once: only its hash is kept.
+    Create {
+        /// The email of the user the key acts for.
+        #[arg(long, value_name = "EMAIL")]
+        user: String,
+        #[command(flatten)]
+        settings: MigrateConfig,
+    },
 }
 
 /// Settings of `tally journal`.
@@ -128,6 +172,12 @@ where
     let config_file = match &first.command {
         Some(CliCommand::Migrate(m)) => m.config.clone(),
         Some(CliCommand::Serve(s)) => s.config.clone(),
+        Some(CliCommand::User(UserConfig {
+            action: UserAction::Add { settings, .. },
+        }))
+        | Some(CliCommand::Key(KeyConfig {
+            action: KeyAction::Create { settings, .. },
+        })) => settings.config.clone(),
         Some(CliCommand::Load(_) | CliCommand::Postgres(_) | CliCommand::Journal(_)) => None,
         None => first.serve.config.clone(),
     };
@@ -144,6 +194,8 @@ where
         Some(CliCommand::Load(l)) => Command::Load(l),
         Some(CliCommand::Postgres(p)) => Command::Postgres(p),
         Some(CliCommand::Journal(j)) => Command::Journal(j),
+        Some(CliCommand::User(u)) => Command::User(u),
+        Some(CliCommand::Key(k)) => Command::Key(k),
         None => Command::Serve(cli.serve),
     })
 }

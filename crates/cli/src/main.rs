@@ -6,6 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 use cli::Command;
+use tally::access::{AccessError, Accounts, AuthMode, Signup};
 use tally::{StartError, app, database::Database, exit_code, shutdown::Shutdown, telemetry};
 
 fn main() -> ExitCode {
@@ -51,6 +52,30 @@ fn main() -> ExitCode {
                 telemetry::init(telemetry::LogFormat::Text);
                 journal(config)
             }
+            Command::User(cli::UserConfig {
+                action: cli::UserAction::Add { email, settings },
+            }) => {
+                telemetry::init(settings.log_format);
+                let password = read_password(&email)?;
+                let id = with_accounts(&settings, async |accounts| {
+                    accounts.add_user(&email, &password).await
+                })
+                .await?;
+                println!("added user {email} (id {id})");
+                Ok(())
+            }
+            Command::Key(cli::KeyConfig {
+                action: cli::KeyAction::Create { user, settings },
+            }) => {
+                telemetry::init(settings.log_format);
+                let (key, id) = with_accounts(&settings, async |accounts| {
+                    accounts.create_key_for(&user).await
+                })
+                .await?;
+                eprintln!("API key {id} for {user}; it is shown this once, only its hash is kept:");
+                println!("{key}");
+                Ok(())
+            }
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
                 telemetry::init(telemetry::LogFormat::Text);
@@ -71,6 +96,44 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Runs `work` on the accounts of the database `settings` name (migrated first), then closes it.
+async fn with_accounts<T>(
+    settings: &tally::config::MigrateConfig,
+    work: impl AsyncFnOnce(&Accounts) -> Result<T, AccessError>,
+) -> anyhow::Result<T> {
+    let data_dir =
+        tally::node::DataDir::open(&settings.database.data_dir).map_err(StartError::from)?;
+    let database = Database::open(&settings.database, data_dir.path()).await?;
+    // Only `add_user` and `create_key_for` are used, which do not depend on the mode.
+    let accounts = Accounts::new(
+        database.storage.clone(),
+        AuthMode::Required,
+        Signup::Closed,
+        std::time::Duration::from_secs(60),
+    );
+    let result = work(&accounts).await;
+    database.close().await;
+    Ok(result?)
+}
+
+/// The first line of standard input, asked for when it is a terminal.
+fn read_password(email: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {email} (shown as typed): ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password: write it on standard input, e.g. `tally user add {email} < password-file`"
+    );
+    Ok(password.to_owned())
 }
 
 /// `tally postgres start|stop`: the managed cluster of `tally serve`, on its own.

@@ -23,7 +23,10 @@ use crate::config::{Mode, ServeConfig};
 use crate::database::Database;
 use crate::flush::{FlushEnd, Flusher};
 use crate::http::observe::Observe;
-use crate::http::{ApiContext, app};
+use crate::access::Accounts;
+use crate::access::rate_limit::Limiter;
+use crate::http::access::Guard;
+use crate::http::{ApiContext, Serving, app, metrics_app};
 use crate::idempotency::{Idempotency, Purger};
 use crate::ingest::{Buffered, Ingest};
 use crate::journal::{Journal, JournalOptions};
@@ -38,6 +41,18 @@ use crate::storage::{NodeClaim, Owner, Replay, Storage};
 /// How many answers to requests with an `Idempotency-Key` a node keeps, to answer an
 /// immediate retry without the database: about 300 bytes each.
 const RECENT_IDEMPOTENT_ANSWERS: usize = 100_000;
+
+/// How often the rate limiter forgets the clients whose buckets are full again.
+const FORGET_IDLE_CLIENTS_EVERY: Duration = Duration::from_secs(10);
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Runs a node on `listener` until `shutdown` is requested and everything is flushed.
 pub async fn serve(
@@ -82,6 +97,11 @@ pub struct Node {
 struct HttpServer {
     listener: TcpListener,
     app: Observe<axum::Router>,
+    /// `--metrics-listen`: its listener and `/metrics` alone.
+    metrics: Option<(TcpListener, axum::Router)>,
+    /// The rate limiter, whose idle clients are forgotten while the server runs, and the
+    /// metrics that count those it remembers.
+    limiter: Option<(Arc<Limiter>, Arc<Metrics>)>,
     shutdown: Shutdown,
     drain_delay: Duration,
     drain_timeout: Duration,
@@ -137,6 +157,29 @@ impl Node {
             writers.ingest.journal().cloned(),
             config.max_journal_bytes,
         );
+        let accounts = Arc::new(Accounts::new(
+            storage.clone(),
+            config.auth,
+            config.signup,
+            config.session_ttl,
+        ));
+        let limiter = config.rate_limit.map(|rate| Arc::new(Limiter::new(rate)));
+        let guard = (accounts.required() || limiter.is_some()).then(|| {
+            Arc::new(Guard {
+                accounts: accounts.clone(),
+                limiter: limiter.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+                metrics: metrics.clone(),
+            })
+        });
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?,
+            ),
+            None => None,
+        };
         let ctx = Arc::new(ApiContext {
             ingest: writers.ingest,
             readiness,
@@ -149,6 +192,8 @@ impl Node {
                 config.idempotency_ttl,
                 RECENT_IDEMPOTENT_ANSWERS,
             ),
+            accounts,
+            secure_cookies: !config.insecure_cookies,
         });
         metrics
             .build_info
@@ -166,13 +211,24 @@ impl Node {
             epoch = writers.claim.owner().epoch,
             mode = %config.mode,
             durability = %config.durability_in_effect(),
+            auth = %config.auth,
+            rate_limit = %config.rate_limit.map_or("none".to_owned(), |r| r.to_string()),
             flush_interval = %humantime::format_duration(config.flush_interval),
             "tally is serving"
         );
         Ok(Node {
             http: HttpServer {
                 listener,
-                app: app(ctx, config.access_log),
+                metrics: metrics_listener.map(|l| (l, metrics_app(ctx.clone()))),
+                limiter: limiter.map(|l| (l, metrics.clone())),
+                app: app(
+                    ctx,
+                    Serving {
+                        access_log: config.access_log,
+                        guard,
+                        metrics_here: config.metrics_listen.is_none(),
+                    },
+                ),
                 shutdown,
                 drain_delay: config.drain_delay,
                 drain_timeout: config.drain_timeout,
@@ -416,10 +472,30 @@ impl HttpServer {
         let HttpServer {
             listener,
             app,
+            metrics,
+            limiter,
             shutdown,
             drain_delay,
             drain_timeout,
         } = self;
+        // Both end with this function: the metrics server serves through the drain.
+        let _metrics_server = metrics.map(|(listener, router)| {
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "the /metrics server failed");
+                }
+            }))
+        });
+        let _forgetting = limiter.map(|(limiter, metrics)| {
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FORGET_IDLE_CLIENTS_EVERY).await;
+                    limiter.forget_idle();
+                    let clients = i64::try_from(limiter.clients()).unwrap_or(i64::MAX);
+                    metrics.rate_limit_clients.set(clients);
+                }
+            }))
+        });
         let listener = listener.tap_io(|tcp| {
             // Small answers should leave at once, not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
@@ -435,8 +511,23 @@ impl HttpServer {
                 }
             }
         };
-        let server =
-            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop_accepting);
+        // The peer's address is only read by the rate limit; without one, requests are spared
+        // carrying it.
+        let with_peers = _forgetting.is_some();
+        let server = async move {
+            if with_peers {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop_accepting)
+                .await
+            } else {
+                axum::serve(listener, app.into_make_service())
+                    .with_graceful_shutdown(stop_accepting)
+                    .await
+            }
+        };
         let forced = shutdown.forced_token();
         let drain_deadline = async {
             shutdown.requested().await;

@@ -11,6 +11,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 pub use tally_postgres::DatabaseUrl;
 
+use crate::access::peer::TrustedProxies;
+use crate::access::rate_limit::RateLimit;
+use crate::access::{AuthMode, Signup};
 use crate::increment::{KeyFormat, ValidationRules};
 use crate::telemetry::LogFormat;
 
@@ -140,6 +143,43 @@ pub struct ServeConfig {
           value_parser = parse_idempotency_ttl, value_name = "DURATION")]
     pub idempotency_ttl: Duration,
 
+    /// Whether counting and reading need credentials: `none`, or `required` (a session
+    /// cookie or `Authorization: Bearer <api key>`; `/health`, `/ready` and `/metrics` stay
+    /// open).
+    #[arg(long, env = "TALLY_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// Who may create users: `open` (anyone, with `POST /api/users`) or `closed` (an operator,
+    /// with `tally user add`).
+    #[arg(long, env = "TALLY_SIGNUP", value_enum, default_value_t = Signup::Closed)]
+    pub signup: Signup,
+
+    /// How long a session lasts after its login (1m to 365days).
+    #[arg(long, env = "TALLY_SESSION_TTL", default_value = "7days",
+          value_parser = parse_session_ttl, value_name = "DURATION")]
+    pub session_ttl: Duration,
+
+    /// Session cookies without `Secure`, for clients that reach the node over plain HTTP
+    /// (local tests); never on a public address.
+    #[arg(long, env = "TALLY_INSECURE_COOKIES", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub insecure_cookies: bool,
+
+    /// Requests per client and period, e.g. `1000/5s`: a token bucket per API key, user or
+    /// address (429 past it). Per node. Unset: no limit.
+    #[arg(long, env = "TALLY_RATE_LIMIT", value_name = "N/PERIOD")]
+    pub rate_limit: Option<RateLimit>,
+
+    /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses or
+    /// networks, e.g. `10.0.0.0/8,127.0.0.1`). From anyone else it is ignored.
+    #[arg(long, env = "TALLY_TRUSTED_PROXIES", default_value = "", value_name = "LIST")]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Serve `/metrics` on this address instead of the main one (e.g. `127.0.0.1:9333`).
+    #[arg(long, env = "TALLY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log one line per request (method, route, status, duration, request id).
     #[arg(long, env = "TALLY_ACCESS_LOG", default_value_t = false,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
@@ -203,6 +243,8 @@ macro_rules! value_enum {
 }
 value_enum!(KeyFormat { Any => "any", Uuid => "uuid" });
 value_enum!(LogFormat { Text => "text", Json => "json" });
+value_enum!(AuthMode { None => "none", Required => "required" });
+value_enum!(Signup { Open => "open", Closed => "closed" });
 
 /// Shows each setting the way it is written on the command line (`sync`, not `Sync`).
 macro_rules! display_as_written {
@@ -215,7 +257,7 @@ macro_rules! display_as_written {
         }
     )*};
 }
-display_as_written!(Durability, Mode, KeyFormat, LogFormat);
+display_as_written!(Durability, Mode, KeyFormat, LogFormat, AuthMode, Signup);
 
 fn parse_flush_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 1s, 9s)"))?;
@@ -276,6 +318,14 @@ fn parse_idempotency_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1h, 24h, 7days)"))?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(365 * 24 * 3600) {
         return Err("must be from 1s to 365days".into());
+    }
+    Ok(d)
+}
+
+fn parse_session_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 12h, 7days)"))?;
+    if d < Duration::from_secs(60) || d > Duration::from_secs(365 * 24 * 3600) {
+        return Err("must be from 1m to 365days".into());
     }
     Ok(d)
 }

@@ -11,6 +11,7 @@
 //! The binary (`crates/cli`) parses the command line into this crate's settings; PostgreSQL's
 //! connection strings and the managed local cluster are the `tally-postgres` crate's.
 
+pub mod access;
 pub mod app;
 pub mod batch;
 pub mod config;

@@ -70,6 +70,13 @@ pub struct Metrics {
     /// Requests with an `Idempotency-Key`, by outcome: `applied` (now), `replayed` (a retry
     /// given its first answer), `reused` (422), `failed`.
     pub idempotent_requests: Family<OutcomeLabel, Counter>,
+    /// Requests refused with 429 by the rate limit.
+    pub rate_limited: Counter,
+    /// Clients the rate limiter remembers (set when scraped).
+    pub rate_limit_clients: Gauge,
+    /// Requests refused with 401, by reason: `missing` (no credentials) or `invalid` (wrong,
+    /// unknown, revoked or expired ones).
+    pub auth_refused: Family<ReasonLabel, Counter>,
     /// Items (`POST /items`) acknowledged to clients, repeats included.
     pub items_accepted: Counter,
     /// Items refused, by the reasons of `increments_rejected`.
@@ -111,6 +118,9 @@ impl Default for Metrics {
             increments_rejected: Family::default(),
             items_accepted: Counter::default(),
             idempotent_requests: Family::default(),
+            rate_limited: Counter::default(),
+            rate_limit_clients: Gauge::default(),
+            auth_refused: Family::default(),
             items_rejected: Family::default(),
             flushes: Family::default(),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -156,6 +166,21 @@ impl Metrics {
             "idempotent_requests",
             "Requests with an Idempotency-Key, by outcome",
             self.idempotent_requests.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused with 429 by the rate limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "rate_limit_clients",
+            "Clients the rate limiter remembers",
+            self.rate_limit_clients.clone(),
+        );
+        r.register(
+            "auth_refused",
+            "Requests refused with 401, by reason: missing or invalid credentials",
+            self.auth_refused.clone(),
         );
         r.register(
             "items_accepted",

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::error::ApiError;
+use crate::access::Accounts;
 use crate::idempotency::Idempotency;
 use crate::idempotency::Once;
 use crate::increment::ValidationRules;
@@ -27,6 +28,10 @@ pub struct ApiContext {
     pub max_batch: usize,
     /// Requests with an `Idempotency-Key`.
     pub idempotency: Idempotency,
+    /// Users, sessions and API keys.
+    pub accounts: Arc<Accounts>,
+    /// Whether session cookies are marked `Secure` (not with `--insecure-cookies`).
+    pub secure_cookies: bool,
 }
 
 impl ApiContext {

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::access::AccessError;
 use crate::increment::RuleViolation;
 use crate::ingest::IngestError;
 use crate::storage::StorageError;
@@ -136,6 +137,31 @@ impl ApiError {
         .on("Idempotency-Key")
     }
 
+    /// 401: no credentials, or ones that are not valid.
+    pub fn unauthorized(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 429 `rate_limited`, to be retried after `retry_after` seconds.
+    pub fn rate_limited(retry_after: u32) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this client; retry after the time in Retry-After",
+            )
+        }
+    }
+
     pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         ApiError {
             retry_after: Some(RETRY_AFTER_SECONDS),
@@ -151,6 +177,33 @@ impl ApiError {
             None => format!("[{index}]").into(),
         });
         self
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccessError::InvalidEmail(_) => {
+                ApiError::bad_request("invalid_email", message, Some("email"))
+            }
+            AccessError::InvalidPassword => {
+                ApiError::bad_request("invalid_password", message, Some("password"))
+            }
+            AccessError::EmailTaken => ApiError::conflict("email_taken", message),
+            AccessError::SignupClosed => ApiError::forbidden("signup_closed", message),
+            AccessError::InvalidCredentials => {
+                ApiError::unauthorized("invalid_credentials", message)
+            }
+            AccessError::UnknownUser => ApiError::not_found("user_not_found", message),
+            AccessError::Storage(e) => {
+                tracing::warn!(error = %e, "account request failed on the database");
+                ApiError::unavailable(
+                    "database_unavailable",
+                    "the database is unavailable; retry later",
+                )
+            }
+        }
     }
 }
 

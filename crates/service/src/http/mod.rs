@@ -4,6 +4,8 @@
 //! Handlers are thin: parse the request, call the domain, map the result. Every error goes
 //! through [`error::ApiError`], so every error answer has the same JSON shape.
 
+pub mod access;
+mod accounts;
 pub mod body;
 mod context;
 mod counters;
@@ -25,14 +27,39 @@ pub use context::ApiContext;
 use error::ApiError;
 use route::Route;
 
+/// How the API is served.
+pub struct Serving {
+    /// One log line per request.
+    pub access_log: bool,
+    /// Auth and rate limits, when either is on.
+    pub guard: Option<Arc<access::Guard>>,
+    /// Whether `/metrics` is served here (or on an address of its own, [`metrics_app`]).
+    pub metrics_here: bool,
+}
+
 /// The whole API, wrapped in [`observe`], which every request goes through, routed or not.
-pub fn app(ctx: Arc<ApiContext>, access_log: bool) -> observe::Observe<Router> {
+pub fn app(ctx: Arc<ApiContext>, serving: Serving) -> observe::Observe<Router> {
     let observer = Arc::new(observe::Observer::new(
         ctx.metrics.clone(),
-        access_log,
+        serving.access_log,
         routes(),
     ));
-    tower_layer::Layer::layer(&observe::ObserveLayer(observer), router(ctx))
+    let mut router = router(ctx, serving.metrics_here);
+    if let Some(guard) = serving.guard {
+        router = router.layer(axum::middleware::from_fn_with_state(guard, access::guard));
+    }
+    tower_layer::Layer::layer(&observe::ObserveLayer(observer), router)
+}
+
+/// `/metrics` alone, for `--metrics-listen`.
+pub fn metrics_app(ctx: Arc<ApiContext>) -> Router {
+    metrics::ROUTES
+        .iter()
+        .fold(Router::new(), |router, r| {
+            router.route(&r.router_path(), r.handlers())
+        })
+        .fallback(not_found)
+        .with_state(ctx)
 }
 
 /// Every route of the API, resource by resource.
@@ -41,6 +68,7 @@ fn routes() -> impl Iterator<Item = &'static Route> {
         increments::ROUTES,
         counters::ROUTES,
         items::ROUTES,
+        accounts::ROUTES,
         health::ROUTES,
         metrics::ROUTES,
         openapi::ROUTES,
@@ -49,8 +77,9 @@ fn routes() -> impl Iterator<Item = &'static Route> {
     .flatten()
 }
 
-fn router(ctx: Arc<ApiContext>) -> Router {
+fn router(ctx: Arc<ApiContext>, metrics_here: bool) -> Router {
     routes()
+        .filter(|r| metrics_here || r.path != "/metrics")
         .fold(Router::new(), |router, r| {
             router.route(&r.router_path(), r.handlers())
         })

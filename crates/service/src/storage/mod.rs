@@ -13,6 +13,7 @@
 //! TCP user timeout let the kernel find dead peers of idle connections and of unacknowledged
 //! writes (which is all that bounds a migration: one may rightly take long).
 
+mod access;
 mod claim;
 mod counters;
 mod idempotency;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+pub use access::{AddUserError, StoredKey, StoredUser};
 pub use claim::{Applied, NodeClaim, Owner};
 pub use counters::{BatchOutcome, RejectReason, Rejected, Replay};
 pub use idempotency::{Effect, PURGE_ROWS, Stored, Work};
