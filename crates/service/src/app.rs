@@ -18,14 +18,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::StartError;
+use crate::access::Accounts;
+use crate::access::rate_limit::Limiter;
 use crate::batch::BatchSeq;
 use crate::config::{Mode, ServeConfig};
 use crate::database::Database;
 use crate::flush::{FlushEnd, Flusher};
-use crate::http::observe::Observe;
-use crate::access::Accounts;
-use crate::access::rate_limit::Limiter;
 use crate::http::access::Guard;
+use crate::http::observe::Observe;
 use crate::http::{ApiContext, Serving, app, metrics_app};
 use crate::idempotency::{Idempotency, Purger};
 use crate::ingest::{Buffered, Ingest};

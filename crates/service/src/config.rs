@@ -173,7 +173,12 @@ pub struct ServeConfig {
 
     /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses or
     /// networks, e.g. `10.0.0.0/8,127.0.0.1`). From anyone else it is ignored.
-    #[arg(long, env = "TALLY_TRUSTED_PROXIES", default_value = "", value_name = "LIST")]
+    #[arg(
+        long,
+        env = "TALLY_TRUSTED_PROXIES",
+        default_value = "",
+        value_name = "LIST"
+    )]
     pub trusted_proxies: TrustedProxies,
 
     /// Serve `/metrics` on this address instead of the main one (e.g. `127.0.0.1:9333`).

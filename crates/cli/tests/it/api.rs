@@ -614,6 +614,10 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
     assert_eq!(
         documented,
         [
+            "/api/keys",
+            "/api/keys/{id}",
+            "/api/sessions",
+            "/api/users",
             "/counters/{key}",
             "/health",
             "/increment",
@@ -631,11 +635,13 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
             let url = app.url(
                 &path
                     .replace("{key}", "some-key")
-                    .replace("{tenant}", "some-tenant"),
+                    .replace("{tenant}", "some-tenant")
+                    .replace("{id}", "some-id"),
             );
             let r = match method.as_str() {
                 "get" => app.http.get(url).send().await.unwrap(),
                 "post" => app.post_json(path, "[]").await,
+                "delete" => app.http.delete(url).send().await.unwrap(),
                 other => panic!("unexpected method {other}"),
             };
             assert_ne!(

@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod access;
 mod api;
 mod cluster;
 mod crash;

@@ -298,7 +298,9 @@ fn key_number(id: &str) -> Option<u64> {
 /// `a@x.org` are one user.
 fn normalize_email(email: &str) -> Result<String, AccessError> {
     if email.is_empty() || email.len() > 254 {
-        return Err(AccessError::InvalidEmail("the email must be 1 to 254 bytes"));
+        return Err(AccessError::InvalidEmail(
+            "the email must be 1 to 254 bytes",
+        ));
     }
     if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(AccessError::InvalidEmail(
@@ -306,7 +308,9 @@ fn normalize_email(email: &str) -> Result<String, AccessError> {
         ));
     }
     match email.split_once('@') {
-        Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@') => {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
             Ok(email.to_ascii_lowercase())
         }
         _ => Err(AccessError::InvalidEmail(
@@ -329,7 +333,10 @@ mod tests {
 
     #[test]
     fn emails_are_checked_and_folded_to_lower_case() {
-        assert_eq!(normalize_email("Ada@Example.org").unwrap(), "ada@example.org");
+        assert_eq!(
+            normalize_email("Ada@Example.org").unwrap(),
+            "ada@example.org"
+        );
         for bad in ["", "ada", "@x", "ada@", "a@b@c", "a da@x", &"a".repeat(255)] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }

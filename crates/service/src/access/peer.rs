@@ -107,7 +107,10 @@ mod tests {
             trusted.client_addr(ip("10.1.2.3"), &headers(&["junk"])),
             ip("10.1.2.3")
         );
-        assert_eq!(trusted.client_addr(ip("10.1.2.3"), &HeaderMap::new()), ip("10.1.2.3"));
+        assert_eq!(
+            trusted.client_addr(ip("10.1.2.3"), &HeaderMap::new()),
+            ip("10.1.2.3")
+        );
         assert!("".parse::<TrustedProxies>().unwrap().is_empty());
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
         assert!("localhost".parse::<TrustedProxies>().is_err());

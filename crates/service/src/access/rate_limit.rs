@@ -96,12 +96,8 @@ pub struct Refusal {
     pub allowance: Allowance,
 }
 
-type Keyed = RateLimiter<
-    Client,
-    DefaultKeyedStateStore<Client>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type Keyed =
+    RateLimiter<Client, DefaultKeyedStateStore<Client>, DefaultClock, StateInformationMiddleware>;
 
 /// The node's token buckets, one per client.
 pub struct Limiter {
@@ -169,7 +165,10 @@ mod tests {
         let r: RateLimit = "1000/5s".parse().unwrap();
         assert_eq!(r.requests.get(), 1000);
         assert_eq!(r.period, Duration::from_secs(5));
-        assert_eq!("100/s".parse::<RateLimit>().unwrap().period, Duration::from_secs(1));
+        assert_eq!(
+            "100/s".parse::<RateLimit>().unwrap().period,
+            Duration::from_secs(1)
+        );
         assert_eq!("60 / 1m".parse::<RateLimit>().unwrap().to_string(), "60/1m");
         for bad in ["", "5", "0/1s", "x/1s", "5/soon", "5/0s", "5/2days"] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
@@ -185,7 +184,9 @@ mod tests {
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
         let refusal = limiter.check(&a).unwrap_err();
-        assert!(refusal.retry_after > Duration::ZERO && refusal.retry_after <= Duration::from_secs(1));
+        assert!(
+            refusal.retry_after > Duration::ZERO && refusal.retry_after <= Duration::from_secs(1)
+        );
         assert_eq!(refusal.allowance.remaining, 0);
         assert_eq!(refusal.allowance.limit, 3);
         assert!(limiter.check(&Client::User(7)).is_ok(), "another client");

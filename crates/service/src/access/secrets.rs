@@ -160,8 +160,15 @@ mod tests {
     async fn a_hash_verifies_its_secret_only() {
         let hasher = Hasher::default();
         let hash = hasher.hash("correct horse".into()).await;
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(hasher.verify("correct horse".into(), Some(hash.clone())).await);
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            hasher
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await
+        );
         assert!(!hasher.verify("correct horsf".into(), Some(hash)).await);
         assert!(!hasher.verify("correct horse".into(), None).await);
     }

@@ -93,17 +93,16 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let client = if class == Class::Counting && guard.accounts.required() {
-        match guard.principal(request.headers(), peer).await {
-            Ok(client) => client,
-            Err(refused) => return refused,
-        }
+    let checked = if class == Class::Counting && guard.accounts.required() {
+        guard.principal(request.headers(), peer).await
     } else {
-        Client::Addr(guard.trusted_proxies.client_addr(peer, request.headers()))
+        Ok(Client::Addr(
+            guard.trusted_proxies.client_addr(peer, request.headers()),
+        ))
     };
-    let allowance = match guard.take(&client) {
+    let allowance = match checked.and_then(|client| guard.take(&client)) {
         Ok(allowance) => allowance,
-        Err(refused) => return refused,
+        Err(denied) => return guard.deny(denied),
     };
     let mut response = next.run(request).await;
     if let Some(allowance) = allowance {
@@ -112,53 +111,73 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
     response
 }
 
+/// Why the guard turned a request away.
+enum Denied {
+    RateLimited(Refusal),
+    /// 401, with the metric's reason, the error code and the message.
+    Unauthorized(&'static str, &'static str, &'static str),
+    Failed(ApiError),
+}
+
 impl Guard {
     /// Takes a token from the client's bucket, if there is a limit.
-    fn take(&self, client: &Client) -> Result<Option<Allowance>, Response> {
+    fn take(&self, client: &Client) -> Result<Option<Allowance>, Denied> {
         match &self.limiter {
             None => Ok(None),
-            Some(limiter) => limiter.check(client).map(Some).map_err(|refusal| {
-                self.metrics.rate_limited.inc();
-                too_many(&refusal)
-            }),
+            Some(limiter) => limiter.check(client).map(Some).map_err(Denied::RateLimited),
         }
     }
 
-    /// Who an authenticated request counts against, or the 401 (or 429, 503) that refuses it.
-    async fn principal(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Client, Response> {
+    /// Who an authenticated request counts against.
+    async fn principal(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Client, Denied> {
         let given = credentials(headers);
         if let Some(known) = self.accounts.recently_checked(given) {
             return Ok(known.client());
         }
         if given.is_empty() {
-            return Err(self.unauthorized(
+            return Err(Denied::Unauthorized(
                 "missing",
                 "credentials_required",
                 "this route needs a session cookie or an Authorization: Bearer API key",
             ));
         }
-        self.take(&Client::Addr(self.trusted_proxies.client_addr(peer, headers)))?;
+        self.take(&Client::Addr(
+            self.trusted_proxies.client_addr(peer, headers),
+        ))?;
         match self.accounts.authenticate(given).await {
             Ok(Some(principal)) => Ok(principal.client()),
-            Ok(None) | Err(AccessError::InvalidCredentials) => Err(self.unauthorized(
+            Ok(None) | Err(AccessError::InvalidCredentials) => Err(Denied::Unauthorized(
                 "invalid",
                 "invalid_credentials",
                 "the API key or session is not valid (wrong, revoked or expired)",
             )),
-            Err(other) => Err(ApiError::from(other).into_response()),
+            Err(other) => Err(Denied::Failed(other.into())),
         }
     }
 
-    fn unauthorized(&self, reason: &'static str, code: &'static str, message: &'static str) -> Response {
-        self.metrics
-            .auth_refused
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-        let mut response = ApiError::unauthorized(code, message).into_response();
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
+    /// The answer to a request turned away, counted in the metrics.
+    fn deny(&self, denied: Denied) -> Response {
+        match denied {
+            Denied::RateLimited(refusal) => {
+                self.metrics.rate_limited.inc();
+                let seconds = seconds(refusal.retry_after).max(1);
+                let mut response = ApiError::rate_limited(seconds).into_response();
+                set_allowance(response.headers_mut(), &refusal.allowance);
+                response
+            }
+            Denied::Unauthorized(reason, code, message) => {
+                self.metrics
+                    .auth_refused
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+                let mut response = ApiError::unauthorized(code, message).into_response();
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Denied::Failed(e) => e.into_response(),
+        }
     }
 }
 
@@ -171,12 +190,6 @@ fn set_allowance(headers: &mut HeaderMap, allowance: &Allowance) {
     headers.insert(RATELIMIT_LIMIT, HeaderValue::from(allowance.limit));
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(allowance.remaining));
     headers.insert(RATELIMIT_RESET, HeaderValue::from(seconds(allowance.reset)));
-}
-
-fn too_many(refusal: &Refusal) -> Response {
-    let mut response = ApiError::rate_limited(seconds(refusal.retry_after).max(1)).into_response();
-    set_allowance(response.headers_mut(), &refusal.allowance);
-    response
 }
 
 #[cfg(test)]
