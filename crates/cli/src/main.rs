@@ -103,9 +103,23 @@ async fn with_accounts<T>(
     settings: &tally::config::MigrateConfig,
     work: impl AsyncFnOnce(&Accounts) -> Result<T, AccessError>,
 ) -> anyhow::Result<T> {
-    let data_dir =
-        tally::node::DataDir::open(&settings.database.data_dir).map_err(StartError::from)?;
-    let database = Database::open(&settings.database, data_dir.path()).await?;
+    // An external database needs no data directory: the node may be running on it. The
+    // managed one lives in the data directory, which a running node holds.
+    let external = settings
+        .database
+        .database_url
+        .as_ref()
+        .is_some_and(|u| !u.expose().trim().is_empty());
+    let data_dir = match external {
+        true => None,
+        false => Some(
+            tally::node::DataDir::open(&settings.database.data_dir).map_err(StartError::from)?,
+        ),
+    };
+    let path = data_dir
+        .as_ref()
+        .map_or(settings.database.data_dir.as_path(), |d| d.path());
+    let database = Database::open(&settings.database, path).await?;
     // Only `add_user` and `create_key_for` are used, which do not depend on the mode.
     let accounts = Accounts::new(
         database.storage.clone(),

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -37,6 +37,8 @@ pub struct Target {
     uri: Uri,
     method: Method,
     json: HeaderValue,
+    /// `Bearer <api key>`, marked sensitive.
+    authorization: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -48,6 +50,7 @@ impl Target {
         path: &str,
         method: Method,
         timeout: Duration,
+        api_key: Option<&str>,
     ) -> anyhow::Result<Target> {
         let parsed: Uri = url
             .parse()
@@ -88,6 +91,14 @@ impl Target {
             uri,
             method,
             json: HeaderValue::from_static("application/json"),
+            authorization: api_key
+                .map(|key| {
+                    let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                        .context("--api-key is not a valid header value")?;
+                    value.set_sensitive(true);
+                    anyhow::Ok(value)
+                })
+                .transpose()?,
             timeout,
         })
     }
@@ -102,6 +113,9 @@ impl Target {
         headers.insert(HOST, self.host.clone());
         if has_body {
             headers.insert(CONTENT_TYPE, self.json.clone());
+        }
+        if let Some(authorization) = &self.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
         }
         request
     }

@@ -110,6 +110,15 @@ pub struct LoadConfig {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
+    /// An API key, sent as `Authorization: Bearer <key>` (for a node with `--auth required`).
+    #[arg(
+        long,
+        env = "TALLY_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -182,6 +191,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         &config.path,
         method.clone(),
         config.request_timeout,
+        config.api_key.as_deref(),
     )
     .await?;
     let seed = config.seed.unwrap_or_else(rand::random);

@@ -33,6 +33,14 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
             .map(|(value, _)| value.clone())
     }
 
+    /// The entry for `key`, live or ended (kept until the cache is full): what was once
+    /// checked, to be checked again cheaply.
+    pub fn get_any(&self, key: &K) -> Option<V> {
+        crate::sync::lock(&self.entries)
+            .get(key)
+            .map(|(value, _)| value.clone())
+    }
+
     /// Keeps `value` for the cache's TTL, or for `at_most` if that is shorter.
     pub fn insert(&self, key: K, value: V, at_most: Option<Duration>) {
         let now = Instant::now();
@@ -63,6 +71,7 @@ mod tests {
         cache.insert(2, "b", Some(Duration::ZERO));
         assert_eq!(cache.get(&1), Some("a"));
         assert_eq!(cache.get(&2), None, "ended at once");
+        assert_eq!(cache.get_any(&2), Some("b"), "but still known");
         cache.insert(3, "c", None);
         assert_eq!((cache.get(&1), cache.get(&3)), (Some("a"), Some("c")));
         cache.insert(4, "d", None);

@@ -8,7 +8,7 @@
 //!
 //! Checking a credential costs an argon2 hash (an API key) or a database read (a session), so a
 //! node remembers credentials it has checked for [`CHECKED_CREDENTIALS_TTL`]: a request with a
-//! known key then costs a SHA-256 and a map lookup. A key revoked or a session ended on one
+//! known key then costs a keyed BLAKE3 hash and a map lookup. A key revoked or a session ended on one
 //! node is forgotten there at once, and on the other nodes within that time.
 
 mod cache;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::storage::{AddUserError, Storage, StorageError};
 use cache::TtlCache;
 use rate_limit::Client;
-use secrets::{Digest32, Hasher, NewKey, same_digest, sha256};
+use secrets::{Digest32, Hasher, MemoryTags, NewKey, same_digest, sha256};
 
 /// How long a node trusts a credential it has checked before it checks it again.
 pub const CHECKED_CREDENTIALS_TTL: Duration = Duration::from_secs(10);
@@ -113,6 +113,17 @@ impl From<AddUserError> for AccessError {
     }
 }
 
+/// An API key whose secret this node has checked.
+#[derive(Clone)]
+struct CheckedKey {
+    /// The tag of the secret that matched.
+    secret_tag: Digest32,
+    /// The argon2id hash it matched.
+    secret_hash: Arc<str>,
+    user_id: i64,
+    id: Arc<str>,
+}
+
 /// A session just opened: its token (for the cookie) and how long it lasts.
 pub struct NewSession {
     pub token: String,
@@ -128,10 +139,12 @@ pub struct Accounts {
     session_ttl: Duration,
     hasher: Hasher,
     /// Checked keys by id (its 16 hex digits as a number, so that a lookup allocates
-    /// nothing): the SHA-256 of the secret that matched, the key's user, and the id as text.
-    keys: TtlCache<u64, (Digest32, i64, Arc<str>)>,
-    /// Checked sessions by the SHA-256 of their token: the user.
+    /// nothing).
+    keys: TtlCache<u64, CheckedKey>,
+    /// Checked sessions by the tag of their token: the user.
     sessions: TtlCache<Digest32, i64>,
+    /// What the two caches keep of a secret.
+    tags: MemoryTags,
 }
 
 impl Accounts {
@@ -144,6 +157,7 @@ impl Accounts {
             hasher: Hasher::default(),
             keys: TtlCache::new(CHECKED_CREDENTIALS_TTL, CHECKED_CREDENTIALS),
             sessions: TtlCache::new(CHECKED_CREDENTIALS_TTL, CHECKED_CREDENTIALS),
+            tags: MemoryTags::default(),
         }
     }
 
@@ -192,9 +206,8 @@ impl Accounts {
 
     /// Ends a session, on this node at once and in PostgreSQL; whether it was live.
     pub async fn log_out(&self, token: &str) -> Result<bool, AccessError> {
-        let digest = sha256(token);
-        self.sessions.remove(&digest);
-        Ok(self.storage.delete_session(&digest).await?)
+        self.sessions.remove(&self.tags.tag(token));
+        Ok(self.storage.delete_session(&sha256(token)).await?)
     }
 
     /// Creates an API key for a user; the key as its holder will send it (shown once) and its
@@ -228,14 +241,14 @@ impl Accounts {
     /// The principal the credentials show, if this node checked them recently: no I/O.
     pub fn recently_checked(&self, credentials: Credentials<'_>) -> Option<Principal> {
         if let Some(token) = credentials.api_key {
-            let (id, secret) = secrets::parse_key(token)?;
-            let (digest, user_id, id) = self.keys.get(&key_number(id)?)?;
-            return same_digest(&digest, &sha256(secret)).then_some(Principal {
-                user_id,
-                key_id: Some(id),
+            let (id, secret) = secrets::split_key(token)?;
+            let key = self.keys.get(&key_number(id)?)?;
+            return same_digest(&key.secret_tag, &self.tags.tag(secret)).then_some(Principal {
+                user_id: key.user_id,
+                key_id: Some(key.id),
             });
         }
-        let user_id = self.sessions.get(&sha256(credentials.session?))?;
+        let user_id = self.sessions.get(&self.tags.tag(credentials.session?))?;
         Some(Principal {
             user_id,
             key_id: None,
@@ -255,33 +268,19 @@ impl Accounts {
             return Ok(Some(known));
         }
         if let Some(token) = credentials.api_key {
-            let (id, secret) = secrets::parse_key(token).ok_or(AccessError::InvalidCredentials)?;
-            let stored = self.storage.live_key(id).await?;
-            let hash = stored.as_ref().map(|k| k.secret_hash.clone());
-            let matches = self.hasher.verify(secret.to_owned(), hash).await;
-            let key = stored
-                .filter(|_| matches)
-                .ok_or(AccessError::InvalidCredentials)?;
-            let number = key_number(id).ok_or(AccessError::InvalidCredentials)?;
-            let id: Arc<str> = id.into();
-            self.keys
-                .insert(number, (sha256(secret), key.user_id, id.clone()), None);
-            return Ok(Some(Principal {
-                user_id: key.user_id,
-                key_id: Some(id),
-            }));
+            return self.check_key(token).await.map(Some);
         }
         let token = credentials.session.ok_or(AccessError::InvalidCredentials)?;
         if !secrets::is_session_token(token) {
             return Err(AccessError::InvalidCredentials);
         }
-        let digest = sha256(token);
         let (user_id, left) = self
             .storage
-            .session_user(&digest)
+            .session_user(&sha256(token))
             .await?
             .ok_or(AccessError::InvalidCredentials)?;
-        self.sessions.insert(digest, user_id, Some(left));
+        self.sessions
+            .insert(self.tags.tag(token), user_id, Some(left));
         Ok(Some(Principal {
             user_id,
             key_id: None,
@@ -289,9 +288,54 @@ impl Accounts {
     }
 }
 
+impl Accounts {
+    /// Checks an API key that is not among the recently checked: that it is live, in
+    /// PostgreSQL, and that its secret matches. The argon2 hash is computed only for a secret
+    /// this node has not matched against this key's hash before, so that the checks every
+    /// [`CHECKED_CREDENTIALS_TTL`] of keys in use cost a read each, not a hash.
+    async fn check_key(&self, token: &str) -> Result<Principal, AccessError> {
+        let (id, secret) = secrets::parse_key(token).ok_or(AccessError::InvalidCredentials)?;
+        let number = key_number(id).ok_or(AccessError::InvalidCredentials)?;
+        let secret_tag = self.tags.tag(secret);
+        let Some(stored) = self.storage.live_key(id).await? else {
+            // Revoked, or never made. A key's id is no secret, so this answer may come sooner
+            // than a hash would: no time is spent on keys that do not exist.
+            self.keys.remove(&number);
+            return Err(AccessError::InvalidCredentials);
+        };
+        let matched_before = self.keys.get_any(&number).is_some_and(|known| {
+            same_digest(&known.secret_tag, &secret_tag) && *known.secret_hash == *stored.secret_hash
+        });
+        if !matched_before
+            && !self
+                .hasher
+                .verify(secret.to_owned(), Some(stored.secret_hash.clone()))
+                .await
+        {
+            return Err(AccessError::InvalidCredentials);
+        }
+        let key = CheckedKey {
+            secret_tag,
+            secret_hash: stored.secret_hash.into(),
+            user_id: stored.user_id,
+            id: id.into(),
+        };
+        let principal = Principal {
+            user_id: key.user_id,
+            key_id: Some(key.id.clone()),
+        };
+        self.keys.insert(number, key, None);
+        Ok(principal)
+    }
+}
+
 /// A key's id (16 hex digits) as a number.
 fn key_number(id: &str) -> Option<u64> {
-    u64::from_str_radix(id, 16).ok()
+    // from_str_radix alone would also take a leading '+'.
+    id.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| u64::from_str_radix(id, 16).ok())
+        .flatten()
 }
 
 /// The email as stored: checked for shape, ASCII letters in lower case so that `A@x.org` and
