@@ -67,7 +67,7 @@ pub struct Args {
 struct RunSettings {
     duration: String,
     duration_secs: f64,
-    /// Rounds of ceiling, memory, journal and sync.
+    /// Rounds of ceiling, memory, memory with auth, journal and sync.
     rounds: usize,
     warmup: String,
     connections: u32,
@@ -169,10 +169,12 @@ struct PendingMemory {
     bytes_per_key: f64,
 }
 
-/// The four measurements `tally load` takes in one round, back to back, each on a fresh server.
+/// The measurements `tally load` takes in one round, back to back, each on a fresh server.
 struct Round {
     health: Load,
     memory: Load,
+    /// Memory mode with `--auth required`, every request with an API key.
+    auth: Load,
     journal: Load,
     sync: Load,
 }
@@ -183,19 +185,28 @@ enum Mode {
     /// GET /health: the HTTP ceiling.
     Health,
     Memory,
+    /// Memory mode behind `--auth required`.
+    Auth,
     Journal,
     Sync,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Health, Mode::Memory, Mode::Journal, Mode::Sync];
-    const INCREMENTS: [Mode; 3] = [Mode::Memory, Mode::Journal, Mode::Sync];
+    const ALL: [Mode; 5] = [
+        Mode::Health,
+        Mode::Memory,
+        Mode::Auth,
+        Mode::Journal,
+        Mode::Sync,
+    ];
+    const INCREMENTS: [Mode; 4] = [Mode::Memory, Mode::Auth, Mode::Journal, Mode::Sync];
 
     /// As bench/run names the results: `load-<name>-<round>.json`.
     fn name(self) -> &'static str {
         match self {
             Mode::Health => "health",
             Mode::Memory => "memory",
+            Mode::Auth => "auth",
             Mode::Journal => "journal",
             Mode::Sync => "sync",
         }
@@ -205,6 +216,7 @@ impl Mode {
         match self {
             Mode::Health => "health (ceiling)",
             Mode::Memory => "buffered + memory",
+            Mode::Auth => "buffered + memory, auth required",
             Mode::Journal => "buffered + journal",
             Mode::Sync => "sync",
         }
@@ -218,6 +230,7 @@ impl Round {
         Ok(Round {
             health: load(Mode::Health)?,
             memory: load(Mode::Memory)?,
+            auth: load(Mode::Auth)?,
             journal: load(Mode::Journal)?,
             sync: load(Mode::Sync)?,
         })
@@ -227,6 +240,7 @@ impl Round {
         match mode {
             Mode::Health => &self.health,
             Mode::Memory => &self.memory,
+            Mode::Auth => &self.auth,
             Mode::Journal => &self.journal,
             Mode::Sync => &self.sync,
         }
@@ -737,8 +751,8 @@ impl Results {
             Target {
                 what: "every increment run verified exact in PostgreSQL".to_owned(),
                 figure: match (exact, self.rounds.len()) {
-                    (true, 1) => "memory, journal and sync: exact".to_owned(),
-                    (true, n) => format!("memory, journal and sync, all {n} rounds: exact"),
+                    (true, 1) => "memory, auth, journal and sync: exact".to_owned(),
+                    (true, n) => format!("memory, auth, journal and sync, all {n} rounds: exact"),
                     (false, _) => {
                         "at least one run's totals differ from what was acknowledged".to_owned()
                     }
@@ -809,7 +823,7 @@ fn markdown(results: &Results, svg_link: &str, analysis: Option<&str>) -> anyhow
         w,
         "Tally measured on one machine, in one run of `bench/run` (started {}, commit `{}`), with \
          the load generator on the same machine as the server: {}, each measuring the HTTP \
-         ceiling and then the three modes back to back. Each throughput is also given as a \
+         ceiling and then the modes back to back. Each throughput is also given as a \
          ratio to the HTTP ceiling the same client measured in the same round, and each mode is \
          reported by its median round (see [Rounds](#rounds)).",
         run.started,
@@ -1112,7 +1126,7 @@ fn markdown(results: &Results, svg_link: &str, analysis: Option<&str>) -> anyhow
          server, the client and PostgreSQL in turn, so a mode measured once, minutes apart from \
          its ceiling, gives a ratio that says more about that noise than about Tally. \
          `bench/run` therefore measures in rounds: each round measures the ceiling and then the \
-         three modes back to back, and each mode is read against the ceiling of its own round, \
+         modes back to back, and each mode is read against the ceiling of its own round, \
          seconds away rather than minutes, so that slow drifts of the machine cancel out. Each \
          mode is then reported by the round whose ratio is the median, and the targets are \
          judged on it: a disturbed measurement, of the mode or of its ceiling, pushes its \
@@ -1467,6 +1481,7 @@ Transfer/sec:      7.08MB
         Round {
             health: load(health, 1.0),
             memory: load(memory, 2.0),
+            auth: load(memory * 0.9, 2.0),
             journal: load(journal, 3.0),
             sync: load(sync, 40.0),
         }
@@ -1561,6 +1576,7 @@ Transfer/sec:      7.08MB
             for (mode, rate, verify) in [
                 ("health", health, "null"),
                 ("memory", memory, verify),
+                ("auth", memory * 0.9, verify),
                 ("journal", journal, verify),
                 ("sync", sync, verify),
             ] {

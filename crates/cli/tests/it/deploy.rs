@@ -470,7 +470,7 @@ fn every_dashboard_query_is_valid_promql() {
 
 #[tokio::test]
 async fn the_dashboard_and_the_alerts_name_only_metrics_and_labels_a_node_exports() {
-    let app = TestApp::spawn().await;
+    let app = node_to_exercise().await;
     exercise(&app).await;
     let exposition = Exposition::parse(&wait_for_flush(&app).await);
 
@@ -535,7 +535,7 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_and_labels_a_node_export
 #[tokio::test]
 async fn a_real_prometheus_scraping_a_node_answers_every_dashboard_query_and_evaluates_every_rule()
 {
-    let app = TestApp::spawn().await;
+    let app = node_to_exercise().await;
     let prometheus = Prometheus::start(app.addr.port());
     let http = reqwest::Client::new();
 
@@ -764,9 +764,70 @@ fn promql(expr: &str, node: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // What a node exports
 
+/// A node with access control on (auth and a rate limit no test reaches), whose client
+/// (`app.http`) sends an API key with every request, so that [`exercise`] can make it export
+/// the access metrics too.
+async fn node_to_exercise() -> TestApp {
+    let mut app = TestApp::spawn_with(&[
+        "--auth",
+        "required",
+        "--signup",
+        "open",
+        "--insecure-cookies",
+        "--rate-limit",
+        "1000000/1s",
+    ])
+    .await;
+    let account = r#"{"email": "deploy@example.org", "password": "a deploy password"}"#;
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    for path in ["/api/users", "/api/sessions"] {
+        let r = browser
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(account)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(r.status(), StatusCode::CREATED, "{path}");
+    }
+    let made: Json = browser
+        .post(app.url("/api/keys"))
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", made["key"].as_str().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    app.http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    app
+}
+
 /// Sends the requests that make a node export every labelled series: accepted, rejected
-/// (invalid input) and answered increments, reads, probes and an unknown route.
+/// (invalid input) and answered increments, reads, probes, an unknown route, and requests
+/// without credentials and with wrong ones.
 async fn exercise(app: &TestApp) {
+    let anonymous = reqwest::Client::new();
+    for key in [None, Some("Bearer tally_0000000000000000_wrong")] {
+        let mut request = anonymous.get(app.url("/counters/deploy-check"));
+        if let Some(key) = key {
+            request = request.header(reqwest::header::AUTHORIZATION, key);
+        }
+        let r = request.send().await.expect("request sent");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
     assert_eq!(app.increment("deploy-check", 1).await, StatusCode::ACCEPTED);
     let batch = r#"[{"key": "deploy-a", "value": 2}, {"key": "deploy-b", "value": 3}]"#;
     assert_eq!(

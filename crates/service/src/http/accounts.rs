@@ -142,6 +142,7 @@ pub(crate) async fn log_in(
 #[utoipa::path(get, path = "/api/sessions", responses(
     (status = 200, description = "The user", body = UserId),
     (status = 401, description = "No valid session", body = super::error::ErrorBody),
+    (status = 429, description = "Rate limited; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn current_session(
     State(ctx): State<Arc<ApiContext>>,
@@ -157,6 +158,7 @@ pub(crate) async fn current_session(
 #[utoipa::path(delete, path = "/api/sessions", responses(
     (status = 204, description = "The session has ended"),
     (status = 401, description = "No valid session", body = super::error::ErrorBody),
+    (status = 429, description = "Rate limited; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn log_out(
     State(ctx): State<Arc<ApiContext>>,
@@ -181,6 +183,7 @@ pub(crate) async fn log_out(
 #[utoipa::path(post, path = "/api/keys", responses(
     (status = 201, description = "Created", body = NewApiKey),
     (status = 401, description = "Not signed in", body = super::error::ErrorBody),
+    (status = 429, description = "Rate limited; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn create_key(
     State(ctx): State<Arc<ApiContext>>,
@@ -197,6 +200,7 @@ pub(crate) async fn create_key(
     (status = 204, description = "Revoked"),
     (status = 401, description = "Not signed in", body = super::error::ErrorBody),
     (status = 404, description = "The user has no such live key", body = super::error::ErrorBody),
+    (status = 429, description = "Rate limited; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn revoke_key(
     State(ctx): State<Arc<ApiContext>>,

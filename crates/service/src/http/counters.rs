@@ -31,6 +31,8 @@ pub(crate) struct Counter {
     (status = 200, description = "The total", body = Counter),
     (status = 400, description = "Invalid key", body = super::error::ErrorBody),
     (status = 404, description = "No increment was ever counted for this key", body = super::error::ErrorBody),
+    (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
     (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn counter(

@@ -45,6 +45,8 @@ pub(crate) struct Accepted {
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
     (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increment(
@@ -96,6 +98,8 @@ pub(crate) async fn increment(
     (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
     (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increments(

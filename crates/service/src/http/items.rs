@@ -51,6 +51,8 @@ pub(crate) struct ItemCount {
     (status = 415, description = "Not application/json", body = super::error::ErrorBody),
     (status = 500, description = "The outcome is unknown: the items may or may not be counted", body = super::error::ErrorBody),
     (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
     (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn add_items(
@@ -117,6 +119,8 @@ pub(crate) async fn add_items(
 #[utoipa::path(get, path = "/items/{tenant}/count", params(("tenant" = String, Path, description = "The tenant; a '/' in it is written %2F")), responses(
     (status = 200, description = "The count; 0 for a tenant never seen", body = ItemCount),
     (status = 400, description = "Invalid tenant", body = super::error::ErrorBody),
+    (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
     (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn item_count(
