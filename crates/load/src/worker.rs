@@ -165,11 +165,11 @@ pub async fn run(plan: Plan<'_>, mut rng: SmallRng) -> WorkerResult {
     result
 }
 
-/// Whether an answer leaves the request's fate unknown. Tally itself never answers 502 or 504;
-/// a proxy in front of it does when the node it forwarded the request to failed before
-/// answering, and that node may have counted it.
+/// Whether an answer leaves the request's fate unknown: Tally's own 500 (`outcome_unknown`,
+/// it cannot tell whether it will count the request), and a proxy's 502 or 504, sent when the
+/// node it forwarded the request to failed before answering, which may have counted it.
 fn outcome_unknown(status: hyper::StatusCode) -> bool {
-    matches!(status.as_u16(), 502 | 504)
+    matches!(status.as_u16(), 500 | 502 | 504)
 }
 
 /// Writes `{"key":"<key>","value":<value>}` into `buffer`. Keys come from [`KeySpace`], whose
@@ -202,8 +202,9 @@ mod tests {
     }
 
     #[test]
-    fn gateway_failures_are_unknown_outcomes_and_refusals_are_not() {
+    fn unknown_outcomes_are_tallys_500_and_gateway_failures_and_refusals_are_not() {
         use hyper::StatusCode;
+        assert!(outcome_unknown(StatusCode::INTERNAL_SERVER_ERROR));
         assert!(outcome_unknown(StatusCode::BAD_GATEWAY));
         assert!(outcome_unknown(StatusCode::GATEWAY_TIMEOUT));
         assert!(!outcome_unknown(StatusCode::SERVICE_UNAVAILABLE));

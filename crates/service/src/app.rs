@@ -26,6 +26,7 @@ use crate::database::Database;
 use crate::flush::{FlushEnd, Flusher};
 use crate::http::access::Guard;
 use crate::http::observe::Observe;
+use crate::http::server::ConnectionLimits;
 use crate::http::{ApiContext, Serving, app, metrics_app};
 use crate::idempotency::{Idempotency, Purger};
 use crate::ingest::{Buffered, Ingest};
@@ -97,8 +98,11 @@ pub struct Node {
 struct HttpServer {
     listener: TcpListener,
     app: Observe<axum::Router>,
+    /// What a connection may take.
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     /// `--metrics-listen`: its listener and `/metrics` alone.
-    metrics: Option<(TcpListener, axum::Router)>,
+    metrics_server: Option<(TcpListener, axum::Router)>,
     /// The rate limiter, whose idle clients are forgotten while the server runs, and the
     /// metrics that count those it remembers.
     limiter: Option<(Arc<Limiter>, Arc<Metrics>)>,
@@ -186,6 +190,7 @@ impl Node {
             metrics: metrics.clone(),
             rules: config.validation_rules(),
             max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            read_timeout: config.read_timeout,
             max_batch: config.max_batch as usize,
             idempotency: Idempotency::new(
                 storage.clone(),
@@ -219,7 +224,7 @@ impl Node {
         Ok(Node {
             http: HttpServer {
                 listener,
-                metrics: metrics_listener.map(|l| (l, metrics_app(ctx.clone()))),
+                metrics_server: metrics_listener.map(|l| (l, metrics_app(ctx.clone()))),
                 limiter: limiter.map(|l| (l, metrics.clone())),
                 app: app(
                     ctx,
@@ -227,8 +232,16 @@ impl Node {
                         access_log: config.access_log,
                         guard,
                         metrics_here: config.metrics_listen.is_none(),
+                        max_in_flight: config.max_in_flight as usize,
                     },
                 ),
+                limits: ConnectionLimits {
+                    read_timeout: config.read_timeout,
+                    max_header_bytes: usize::try_from(config.max_header_bytes)
+                        .unwrap_or(usize::MAX),
+                    max_connections: config.max_connections as usize,
+                },
+                metrics: metrics.clone(),
                 shutdown,
                 drain_delay: config.drain_delay,
                 drain_timeout: config.drain_timeout,
@@ -467,38 +480,34 @@ impl HttpServer {
     /// already answers 503), then lets in-flight requests finish (up to the drain timeout, or
     /// until the shutdown is forced).
     async fn serve(self) -> anyhow::Result<()> {
-        use axum::ServiceExt;
-        use axum::serve::ListenerExt;
         let HttpServer {
             listener,
             app,
+            limits,
             metrics,
+            metrics_server,
             limiter,
             shutdown,
             drain_delay,
             drain_timeout,
         } = self;
         // Both end with this function: the metrics server serves through the drain.
-        let _metrics_server = metrics.map(|(listener, router)| {
+        let _metrics_server = metrics_server.map(|(listener, router)| {
             AbortOnDrop(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!(error = %e, "the /metrics server failed");
                 }
             }))
         });
-        let _forgetting = limiter.map(|(limiter, metrics)| {
+        let _forgetting = limiter.map(|(limiter, limited)| {
             AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(FORGET_IDLE_CLIENTS_EVERY).await;
                     limiter.forget_idle();
                     let clients = i64::try_from(limiter.clients()).unwrap_or(i64::MAX);
-                    metrics.rate_limit_clients.set(clients);
+                    limited.rate_limit_clients.set(clients);
                 }
             }))
-        });
-        let listener = listener.tap_io(|tcp| {
-            // Small answers should leave at once, not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
         });
         let (requested, forced) = (shutdown.requested_token(), shutdown.forced_token());
         let stop_accepting = async move {
@@ -514,20 +523,8 @@ impl HttpServer {
         // The peer's address is only read by the rate limit; without one, requests are spared
         // carrying it.
         let with_peers = _forgetting.is_some();
-        let server = async move {
-            if with_peers {
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(stop_accepting)
-                .await
-            } else {
-                axum::serve(listener, app.into_make_service())
-                    .with_graceful_shutdown(stop_accepting)
-                    .await
-            }
-        };
+        let server =
+            crate::http::server::serve(listener, app, limits, with_peers, metrics, stop_accepting);
         let forced = shutdown.forced_token();
         let drain_deadline = async {
             shutdown.requested().await;
@@ -538,7 +535,7 @@ impl HttpServer {
             }
         };
         tokio::select! {
-            result = server => result.context("the HTTP server failed"),
+            () = server => Ok(()),
             _ = drain_deadline => Ok(()),
         }
     }

@@ -143,6 +143,29 @@ pub struct ServeConfig {
           value_parser = parse_idempotency_ttl, value_name = "DURATION")]
     pub idempotency_ttl: Duration,
 
+    /// How long a request's head (request line and headers) and then its body may take to
+    /// arrive; an idle keep-alive connection is closed after it too (1s to 10m). A head too
+    /// slow closes the connection; a body too slow is answered 408.
+    #[arg(long, env = "TALLY_READ_TIMEOUT", default_value = "15s",
+          value_parser = parse_read_timeout, value_name = "DURATION")]
+    pub read_timeout: Duration,
+
+    /// Largest request head, request line and headers together (8KiB to 1MiB); a larger one
+    /// is answered 431 and its connection closed.
+    #[arg(long, env = "TALLY_MAX_HEADER_BYTES", default_value = "16KiB",
+          value_parser = parse_header_size, value_name = "SIZE")]
+    pub max_header_bytes: u64,
+
+    /// Most connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub max_connections: u32,
+
+    /// Most requests being handled at once; one more is answered 503 with Retry-After.
+    #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub max_in_flight: u32,
+
     /// Whether counting and reading need credentials: `none`, or `required` (a session
     /// cookie or `Authorization: Bearer <api key>`; `/health`, `/ready` and `/metrics` stay
     /// open).
@@ -297,6 +320,19 @@ fn parse_size(s: &str, range: std::ops::RangeInclusive<u64>, bounds: &str) -> Re
 
 fn parse_body_size(s: &str) -> Result<u64, String> {
     parse_size(s, 64..=64 << 20, "between 64 bytes and 64MiB")
+}
+
+fn parse_header_size(s: &str) -> Result<u64, String> {
+    // hyper's smallest read buffer is 8 KiB.
+    parse_size(s, 8 << 10..=1 << 20, "between 8KiB and 1MiB")
+}
+
+fn parse_read_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 5s, 15s, 1m)"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        return Err("must be from 1s to 10m".into());
+    }
+    Ok(d)
 }
 
 fn parse_journal_size(s: &str) -> Result<u64, String> {

@@ -70,6 +70,10 @@ pub struct Metrics {
     /// Requests with an `Idempotency-Key`, by outcome: `applied` (now), `replayed` (a retry
     /// given its first answer), `reused` (422), `failed`.
     pub idempotent_requests: Family<OutcomeLabel, Counter>,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// Connections closed as soon as accepted, past `--max-connections`.
+    pub connections_refused: Counter,
     /// Requests refused with 429 by the rate limit.
     pub rate_limited: Counter,
     /// Clients the rate limiter remembers (set when scraped).
@@ -118,6 +122,8 @@ impl Default for Metrics {
             increments_rejected: Family::default(),
             items_accepted: Counter::default(),
             idempotent_requests: Family::default(),
+            http_connections: Gauge::default(),
+            connections_refused: Counter::default(),
             rate_limited: Counter::default(),
             rate_limit_clients: Gauge::default(),
             auth_refused: Family::default(),
@@ -166,6 +172,16 @@ impl Metrics {
             "idempotent_requests",
             "Requests with an Idempotency-Key, by outcome",
             self.idempotent_requests.clone(),
+        );
+        r.register(
+            "http_connections",
+            "HTTP connections open now",
+            self.http_connections.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Connections closed as soon as accepted, past --max-connections",
+            self.connections_refused.clone(),
         );
         r.register(
             "rate_limited",

@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::route::OPEN_PATHS;
 use crate::access::peer::TrustedProxies;
 use crate::access::rate_limit::{Allowance, Client, Limiter, Refusal};
 use crate::access::{AccessError, Accounts, Credentials};
@@ -52,7 +53,7 @@ enum Class {
 
 fn class(path: &str) -> Class {
     match path {
-        "/health" | "/api/health" | "/ready" | "/metrics" | "/openapi.json" => Class::Open,
+        _ if OPEN_PATHS.contains(&path) => Class::Open,
         _ if path.starts_with("/api/users")
             || path.starts_with("/api/sessions")
             || path.starts_with("/api/keys") =>

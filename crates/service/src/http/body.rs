@@ -40,7 +40,12 @@ impl FromRequest<Arc<ApiContext>> for JsonBody {
         if !is_json {
             return Err(ApiError::unsupported_media_type());
         }
-        read_limited(req.into_body(), limit).await.map(JsonBody)
+        // A deadline for the whole body, not one per frame: a client sending a byte a second
+        // must not hold the request open (tower-http's body timeout resets at every frame).
+        tokio::time::timeout(ctx.read_timeout, read_limited(req.into_body(), limit))
+            .await
+            .map_err(|_| ApiError::request_timeout(ctx.read_timeout))?
+            .map(JsonBody)
     }
 }
 
@@ -198,28 +203,62 @@ impl From<ShapeError> for ApiError {
     }
 }
 
-/// The body of `POST /increment`, one item of `POST /increments`.
+/// A key, or an item's id or tenant: 1 to 256 bytes of UTF-8 without control characters. The
+/// schema counts characters: a name within 256 characters but over 256 bytes is refused (400).
+#[derive(utoipa::ToSchema)]
+#[schema(
+    min_length = 1,
+    max_length = 256,
+    pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
+    example = "page-views"
+)]
+#[allow(dead_code)] // documentation only
+pub struct Key(String);
+
+/// The body of `POST /increment`, one item of `POST /increments`. No other field is allowed,
+/// nor the same field twice.
 #[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documentation only: the parser below reads bodies
 pub struct IncrementRequest {
-    /// 1 to 256 bytes of UTF-8, no control characters (a hyphenated UUID with `--key-format uuid`).
-    #[schema(min_length = 1, max_length = 256, example = "page-views")]
+    /// The key to count under.
+    #[schema(value_type = Key)]
     key: String,
-    /// A non-zero integer; at least 1 unless negatives are allowed.
-    #[schema(example = 1)]
+    /// An integer in the signed 64-bit range, at least 1 (with `--allow-negative`, any but 0).
+    #[schema(minimum = 1, example = 1)]
     value: i64,
 }
 
-/// One item of `POST /items`.
+/// One item of `POST /items`. No other field is allowed, nor the same field twice.
 #[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documentation only: the parser below reads bodies
 pub struct ItemRequest {
     /// The item; counted once per tenant. The rules of a key apply.
-    #[schema(min_length = 1, max_length = 256, example = "user-4711")]
+    #[schema(value_type = Key, example = "user-4711")]
     id: String,
     /// Whose distinct items these are. The rules of a key apply.
-    #[schema(min_length = 1, max_length = 256, example = "acme")]
+    #[schema(value_type = Key, example = "acme")]
     tenant: String,
+}
+
+/// The `Idempotency-Key` request header of the counting routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: `super::idempotency::MaybeKey` reads the header
+pub struct IdempotencyKeyHeader {
+    /// 1 to 255 printable ASCII characters (a space neither first nor last: HTTP drops it):
+    /// a retry with the same key and body counts once and gets the first answer, on any node,
+    /// for `--idempotency-ttl`. The same key with another body (or route) is 422.
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~](?:[ -~]*[!-~])?$",
+        example = "order-4711"
+    )]
+    key: Option<String>,
 }
 
 /// An item as the body gave it, not yet checked against the rules.
@@ -242,6 +281,12 @@ pub fn parse_increment(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
     if let Some(inc) = parse_compact(body) {
         return Ok(inc);
     }
+    parse_increment_by_serde(body)
+}
+
+/// [`parse_increment`] without its compact fast path: serde's answer alone, which must be
+/// the same on every body. Public so that the fuzz target (`fuzz/`) can check that it is.
+pub fn parse_increment_by_serde(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
     parse_whole(body, ObjectVisitor::<IncrementFields>(PhantomData))
 }
 
@@ -741,11 +786,6 @@ mod tests {
         );
     }
 
-    /// Serde's answer alone, without the fast path.
-    fn by_serde(body: &[u8]) -> Result<RawIncrement<'_>, ShapeError> {
-        parse_whole(body, ObjectVisitor::<IncrementFields>(PhantomData))
-    }
-
     #[test]
     fn the_compact_fast_path_agrees_with_serde() {
         let keys = [
@@ -791,7 +831,7 @@ mod tests {
                     format!(r#"{{"value":{value},"key":"{key}"}}"#),
                 ] {
                     let fast = parse_compact(body.as_bytes());
-                    let slow = by_serde(body.as_bytes());
+                    let slow = parse_increment_by_serde(body.as_bytes());
                     if let Some(fast) = fast {
                         compact += 1;
                         assert_eq!(Ok(fast), slow, "{body}");

@@ -24,6 +24,8 @@ pub struct ApiContext {
     pub rules: ValidationRules,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
+    /// A body slower than this gets 408.
+    pub read_timeout: std::time::Duration,
     /// Most elements in one `POST /increments` or `POST /items`.
     pub max_batch: usize,
     /// Requests with an `Idempotency-Key`.

@@ -20,19 +20,22 @@ pub const ROUTES: &[Route] = &[
     Route::new("/increment/{key}", || get(counter)),
 ];
 
+/// A key's total.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Counter {
+    /// The key (with `--key-format uuid`, in lowercase).
     key: String,
+    /// Its total: what PostgreSQL holds plus this node's pending increments.
     value: i64,
 }
 
 /// A key's total: persisted plus this node's pending increments.
-#[utoipa::path(get, path = "/counters/{key}", params(("key" = String, Path, description = "The key; may hold '/'")), responses(
+#[utoipa::path(get, path = "/counters/{key}", tag = "counting", security((), ("bearer" = []), ("session" = [])), params(("key" = super::body::Key, Path, description = "The key, percent-encoded; a '/' in it may also be written as it is")), responses(
     (status = 200, description = "The total", body = Counter),
-    (status = 400, description = "Invalid key", body = super::error::ErrorBody),
-    (status = 404, description = "No increment was ever counted for this key", body = super::error::ErrorBody),
+    (status = 400, description = "The key breaks the rules of a key", body = super::error::ErrorBody),
     (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
-    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
+    (status = 404, description = "No increment was ever counted for this key (counter_not_found), or the key is empty (not_found)", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit", body = super::error::ErrorBody),
     (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn counter(

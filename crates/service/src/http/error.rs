@@ -25,6 +25,8 @@ pub struct ApiError {
     message: Cow<'static, str>,
     field: Option<Cow<'static, str>>,
     retry_after: Option<u32>,
+    /// Ask for the connection to be closed after the answer.
+    close: bool,
 }
 
 /// Every error answer: `{"error": {"code", "message", "field"}}`.
@@ -33,6 +35,7 @@ pub struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
+/// What went wrong.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
     /// Stable, machine-readable: `invalid_value`, `payload_too_large`, ...
@@ -41,9 +44,10 @@ pub struct ErrorDetail<'a> {
     /// For people.
     #[schema(example = "value must be an integer >= 1")]
     message: &'a str,
-    /// The offending field, when there is one (`value`, `[3].key` in a batch).
+    /// The offending field, when there is one (`value`, `[3].key` in a batch,
+    /// `Idempotency-Key`); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(example = "value")]
+    #[schema(nullable = false, example = "value")]
     field: Option<&'a str>,
 }
 
@@ -62,6 +66,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -74,6 +83,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -125,6 +135,22 @@ impl ApiError {
             "unsupported_media_type",
             "the request body must be JSON, sent with Content-Type: application/json",
         )
+    }
+
+    /// 408 `request_timeout`: the body did not arrive within the read timeout. The connection
+    /// is closed after the answer, since the rest of the body may still be on its way.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        ApiError {
+            close: true,
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(limit)
+                ),
+            )
+        }
     }
 
     /// 422 `idempotency_key_reused`: the key came before with another request.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::context::ApiContext;
 use super::error::ApiError;
@@ -18,20 +18,28 @@ pub const ROUTES: &[Route] = &[
     Route::new("/ready", || get(ready)),
 ];
 
+/// What a probe answers when all is well.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Status {
+    /// `ok` from `/health`, `ready` from `/ready`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
 /// Liveness: 200 while the process runs.
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")))]
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", body = Status)))]
+pub(crate) async fn health() -> Json<Status> {
+    Json(Status { status: "ok" })
 }
 
 /// Readiness: the database answers, freshness holds, and the node is not shutting down.
-#[utoipa::path(get, path = "/ready", responses(
-    (status = 200, description = "Ready for traffic"),
-    (status = 503, description = "Not ready; the message says why", body = super::error::ErrorBody),
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "Ready for traffic: `{\"status\": \"ready\"}`", body = Status),
+    (status = 503, description = "Not ready; the code and the message say why (shutting_down, database_unavailable, stale, journal_failed, overloaded)", body = super::error::ErrorBody),
 ))]
-pub(crate) async fn ready(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn ready(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Status>, ApiError> {
     match ctx.readiness.check().await {
-        Ok(()) => Ok(Json(json!({"status": "ready"}))),
+        Ok(()) => Ok(Json(Status { status: "ready" })),
         Err(reason) => {
             let code = match reason {
                 NotReady::ShuttingDown => "shutting_down",

@@ -38,16 +38,18 @@ pub(crate) struct Accepted {
 }
 
 /// Adds `value` to the total of `key`. With an `Idempotency-Key`, a retry counts once.
-#[utoipa::path(post, path = "/increment", params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body counts once and gets the first answer, on any node, for --idempotency-ttl")), request_body = super::body::IncrementRequest, responses(
-    (status = 202, description = "Accepted for the next flush (buffered mode); empty body"),
+#[utoipa::path(post, path = "/increment", tag = "counting", security((), ("bearer" = []), ("session" = [])), params(super::body::IdempotencyKeyHeader), request_body = super::body::IncrementRequest, responses(
+    (status = 202, description = "Accepted for the next flush (buffered mode; with --durability journal, in the journal on disk); empty body"),
     (status = 200, description = "Applied (sync mode), with the new total", body = Applied),
-    (status = 400, description = "Malformed or invalid body, or a total out of the 64-bit range", body = super::error::ErrorBody),
-    (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
-    (status = 415, description = "Not application/json", body = super::error::ErrorBody),
-    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 400, description = "Malformed or invalid body, an invalid Idempotency-Key, or a total that would leave the signed 64-bit range; nothing was applied", body = super::error::ErrorBody),
     (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
-    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
-    (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
+    (status = 408, description = "The body did not arrive within --read-timeout", body = super::error::ErrorBody),
+    (status = 413, description = "Body over --max-body-bytes", body = super::error::ErrorBody),
+    (status = 415, description = "The Content-Type is not application/json", body = super::error::ErrorBody),
+    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit", body = super::error::ErrorBody),
+    (status = 500, description = "outcome_unknown: the node cannot tell whether the increment will be counted; do not retry it blindly", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded, the journal or the database is unavailable, or the node is shutting down; nothing was applied", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increment(
     State(ctx): State<Arc<ApiContext>>,
@@ -91,16 +93,18 @@ pub(crate) async fn increment(
 }
 
 /// Adds several increments, all or none. With an `Idempotency-Key`, a retry counts once.
-#[utoipa::path(post, path = "/increments", params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body counts once and gets the first answer, on any node, for --idempotency-ttl")), request_body = Vec<super::body::IncrementRequest>, responses(
+#[utoipa::path(post, path = "/increments", tag = "counting", security((), ("bearer" = []), ("session" = [])), params(super::body::IdempotencyKeyHeader), request_body(content = Vec<super::body::IncrementRequest>, description = "At most --max-batch increments (default 1000)"), responses(
     (status = 202, description = "Accepted for the next flush (buffered mode)", body = Accepted),
     (status = 200, description = "Applied (sync mode)", body = Accepted),
-    (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
-    (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
-    (status = 415, description = "Not application/json", body = super::error::ErrorBody),
-    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 400, description = "Malformed body, an invalid item (its index is in `field`), too many items, or an invalid Idempotency-Key; nothing was applied", body = super::error::ErrorBody),
     (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
-    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
-    (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
+    (status = 408, description = "The body did not arrive within --read-timeout", body = super::error::ErrorBody),
+    (status = 413, description = "Body over --max-body-bytes", body = super::error::ErrorBody),
+    (status = 415, description = "The Content-Type is not application/json", body = super::error::ErrorBody),
+    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit", body = super::error::ErrorBody),
+    (status = 500, description = "outcome_unknown: the node cannot tell whether the increments will be counted; do not retry them blindly", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded, the journal or the database is unavailable, or the node is shutting down; nothing was applied", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn increments(
     State(ctx): State<Arc<ApiContext>>,

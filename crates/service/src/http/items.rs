@@ -29,31 +29,37 @@ pub const ROUTES: &[Route] = &[
 /// The answer to `POST /items`; in sync mode with each named tenant's new count.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ItemsAccepted {
+    /// How many items the request held (each counts at most once per tenant).
     accepted: usize,
     /// Sync mode only: the count of every tenant the request named, by tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     counts: Option<std::collections::BTreeMap<String, i64>>,
 }
 
+/// A tenant's number of distinct items.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ItemCount {
+    /// The tenant (with `--key-format uuid`, in lowercase).
     tenant: String,
+    /// Its distinct items: what PostgreSQL holds plus this node's pending new ids.
     count: i64,
 }
 
 /// Adds items, each counted once per tenant however often it is sent; all or none. With an
 /// `Idempotency-Key`, a retry is answered as the first attempt was.
-#[utoipa::path(post, path = "/items", params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body counts once and gets the first answer, on any node, for --idempotency-ttl")), request_body = Vec<super::body::ItemRequest>, responses(
+#[utoipa::path(post, path = "/items", tag = "items", security((), ("bearer" = []), ("session" = [])), params(super::body::IdempotencyKeyHeader), request_body(content = Vec<super::body::ItemRequest>, description = "At most --max-batch items (default 1000)"), responses(
     (status = 202, description = "Accepted for the next flush (buffered mode)", body = ItemsAccepted),
     (status = 200, description = "Applied (sync mode), with the count of each tenant named", body = ItemsAccepted),
-    (status = 400, description = "An item is invalid (its index is in `field`), or too many items", body = super::error::ErrorBody),
-    (status = 413, description = "Body over the size limit", body = super::error::ErrorBody),
-    (status = 415, description = "Not application/json", body = super::error::ErrorBody),
-    (status = 500, description = "The outcome is unknown: the items may or may not be counted", body = super::error::ErrorBody),
-    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 400, description = "Malformed body, an invalid item (its index is in `field`), too many items, or an invalid Idempotency-Key; nothing was applied", body = super::error::ErrorBody),
     (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
-    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
-    (status = 503, description = "Overloaded, the database is unavailable, or the node is shutting down; nothing was applied; see Retry-After", body = super::error::ErrorBody),
+    (status = 408, description = "The body did not arrive within --read-timeout", body = super::error::ErrorBody),
+    (status = 413, description = "Body over --max-body-bytes", body = super::error::ErrorBody),
+    (status = 415, description = "The Content-Type is not application/json", body = super::error::ErrorBody),
+    (status = 422, description = "The Idempotency-Key was used before for a different request; nothing was applied", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit", body = super::error::ErrorBody),
+    (status = 500, description = "outcome_unknown: the node cannot tell whether the items will be counted; do not retry them blindly", body = super::error::ErrorBody),
+    (status = 503, description = "Overloaded, the journal or the database is unavailable, or the node is shutting down; nothing was applied", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn add_items(
     State(ctx): State<Arc<ApiContext>>,
@@ -116,11 +122,11 @@ pub(crate) async fn add_items(
 }
 
 /// A tenant's number of distinct items: persisted plus this node's pending new ids.
-#[utoipa::path(get, path = "/items/{tenant}/count", params(("tenant" = String, Path, description = "The tenant; a '/' in it is written %2F")), responses(
+#[utoipa::path(get, path = "/items/{tenant}/count", tag = "items", security((), ("bearer" = []), ("session" = [])), params(("tenant" = super::body::Key, Path, description = "The tenant, percent-encoded; a '/' in it is written %2F")), responses(
     (status = 200, description = "The count; 0 for a tenant never seen", body = ItemCount),
-    (status = 400, description = "Invalid tenant", body = super::error::ErrorBody),
+    (status = 400, description = "The tenant breaks the rules of a key", body = super::error::ErrorBody),
     (status = 401, description = "With --auth required: no credentials, or ones that are not valid", body = super::error::ErrorBody),
-    (status = 429, description = "With --rate-limit: over the client's limit; see Retry-After and the RateLimit-* headers", body = super::error::ErrorBody),
+    (status = 429, description = "With --rate-limit: over the client's limit", body = super::error::ErrorBody),
     (status = 503, description = "The database is unavailable", body = super::error::ErrorBody),
 ))]
 pub(crate) async fn item_count(

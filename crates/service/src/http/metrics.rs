@@ -13,7 +13,10 @@ use super::route::Route;
 pub const ROUTES: &[Route] = &[Route::new("/metrics", || get(metrics))];
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "The metrics in the OpenMetrics text format, which Prometheus reads", body = String, content_type = "application/openmetrics-text"),
+    (status = 404, description = "With --metrics-listen: /metrics is served on that address instead", body = super::error::ErrorBody),
+))]
 pub(crate) async fn metrics(State(ctx): State<Arc<ApiContext>>) -> impl IntoResponse {
     let m = &ctx.metrics;
     if let Some(pending) = ctx.ingest.pending() {

@@ -18,6 +18,7 @@ mod metrics;
 pub mod observe;
 mod openapi;
 mod route;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ pub struct Serving {
     pub guard: Option<Arc<access::Guard>>,
     /// Whether `/metrics` is served here (or on an address of its own, [`metrics_app`]).
     pub metrics_here: bool,
+    /// Most requests handled at once; more get 503.
+    pub max_in_flight: usize,
 }
 
 /// The whole API, wrapped in [`observe`], which every request goes through, routed or not.
@@ -42,6 +45,7 @@ pub fn app(ctx: Arc<ApiContext>, serving: Serving) -> observe::Observe<Router> {
     let observer = Arc::new(observe::Observer::new(
         ctx.metrics.clone(),
         serving.access_log,
+        serving.max_in_flight,
         routes(),
     ));
     let mut router = router(ctx, serving.metrics_here);

@@ -9,6 +9,17 @@ use axum::routing::MethodRouter;
 
 use super::context::ApiContext;
 
+/// The probes, the metrics and the API's description: never behind auth, never rate limited,
+/// never refused for the in-flight limit, so that load balancers and monitoring always reach
+/// them.
+pub const OPEN_PATHS: &[&str] = &[
+    "/health",
+    "/api/health",
+    "/ready",
+    "/metrics",
+    "/openapi.json",
+];
+
 /// One path and what answers on it.
 pub struct Route {
     /// The path as clients write it and as the metrics label it (`/counters/{key}`). At most
