@@ -18,7 +18,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, Secur
 use utoipa::openapi::{Ref, RefOr};
 
 use super::context::ApiContext;
-use super::route::Route;
+use super::route::{OPEN_PATHS, Route};
 use crate::increment::KeyFormat;
 
 #[derive(OpenApi)]
@@ -63,10 +63,6 @@ use crate::increment::KeyFormat;
     )
 )]
 struct ApiDoc;
-
-/// The paths that are never behind auth or a rate limit (`super::access`), whose answers
-/// therefore carry no `RateLimit-*` headers.
-const OPEN: &[&str] = &["/health", "/ready", "/metrics", "/openapi.json"];
 
 /// Documents each alias as its original, under an operation id of its own (ids are unique in
 /// an OpenAPI document). The aliases `/api/increment` and `/api/health` are left out: they
@@ -195,7 +191,8 @@ impl utoipa::Modify for Headers {
         }
         let reference = |name: &str| RefOr::Ref(Ref::new(format!("#/components/headers/{name}")));
         for (path, item) in doc.paths.paths.iter_mut() {
-            let limited = !OPEN.contains(&path.as_str());
+            // Never behind auth or a rate limit: no `RateLimit-*` headers.
+            let limited = !OPEN_PATHS.contains(&path.as_str());
             let operations = [item.get.as_mut(), item.post.as_mut(), item.delete.as_mut()];
             for operation in operations.into_iter().flatten() {
                 let idempotent = operation
