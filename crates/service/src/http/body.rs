@@ -350,7 +350,8 @@ pub fn parse_items(body: &[u8], max: usize) -> Result<Vec<RawItem<'_>>, ShapeErr
     parse_whole(body, ArrayVisitor { max, shape })
 }
 
-/// Runs `visitor` over the whole body: trailing data after the value is malformed JSON.
+/// Runs `visitor` over the whole body: trailing data after the value is malformed JSON, and so
+/// is a body that is not UTF-8.
 fn parse_whole<'de, T, V>(body: &'de [u8], visitor: V) -> Result<T, ShapeError>
 where
     V: Visitor<'de, Value = Result<T, ShapeError>>,
@@ -360,11 +361,35 @@ where
         de.end()?;
         Ok(r)
     });
-    parsed.map_err(malformed)?
+    match parsed.map_err(malformed)? {
+        // serde_json checks the UTF-8 of the strings it reads but not of those it skips: the
+        // rest of a body past its first problem, and the inside of a value of the wrong type.
+        // An accepted body had every string read, so only a refused one needs the check.
+        Err(problem) => match std::str::from_utf8(body) {
+            Ok(_) => Err(problem),
+            Err(e) => Err(not_utf8(body, e.valid_up_to())),
+        },
+        accepted => accepted,
+    }
 }
 
 fn malformed(e: serde_json::Error) -> ShapeError {
     ShapeError::Malformed(e.to_string())
+}
+
+/// A body whose bytes from `at` are not UTF-8, in serde_json's words for the strings it reads,
+/// placed at the first byte that is not.
+fn not_utf8(body: &[u8], at: usize) -> ShapeError {
+    let before = &body[..at];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = 1 + before[..line_start].iter().filter(|&&b| b == b'\n').count();
+    let column = at - line_start + 1;
+    ShapeError::Malformed(format!(
+        "invalid unicode code point at line {line} column {column}"
+    ))
 }
 
 /// Any JSON value, reduced to what an increment field can use.
@@ -871,6 +896,36 @@ mod tests {
             parse_increment(b"{\"key\": \"\xff\", \"value\": 1}"),
             Err(ShapeError::Malformed(_))
         ));
+    }
+
+    /// Found by the fuzz targets (fuzz/): serde_json does not check the UTF-8 of the strings it
+    /// skips, and past a body's first problem the rest is skipped, so a body that is not UTF-8
+    /// was refused for that problem (`unknown_field`, `missing_field`, ...) instead of as
+    /// malformed. The first bodies are the ones the fuzzer minimised.
+    #[test]
+    fn invalid_utf8_is_malformed_whatever_came_before() {
+        use ShapeError::Malformed;
+        let found = parse_increment(b"{\"y\":\"a\",\"ey\":\"\xe1\",\"v\":1}");
+        assert!(matches!(found, Err(Malformed(_))), "{found:?}");
+        let found = parse_increments(b"[{},{\"\xff\":-1}]", 10);
+        assert!(matches!(found, Err(Malformed(_))), "{found:?}");
+        let found = parse_items(b"[{\"\":\"\",\"\":\"\xff\xff\xff\"}]", 10);
+        assert!(matches!(found, Err(Malformed(_))), "{found:?}");
+        // Inside a value of the wrong type, which is skipped too.
+        let wrong_type = parse_increment(b"{\"key\":\"k\",\"value\":[\"\xff\"]}");
+        assert!(matches!(wrong_type, Err(Malformed(_))), "{wrong_type:?}");
+        // Past the batch limit.
+        let past = parse_increments(b"[{\"key\":\"a\",\"value\":1},{},{\"\xff\":1}]", 1);
+        assert!(matches!(past, Err(Malformed(_))), "{past:?}");
+        let past = parse_items(b"[{\"id\":\"i\",\"tenant\":\"t\"},{},{\"id\":\"\xff\"}]", 1);
+        assert!(matches!(past, Err(Malformed(_))), "{past:?}");
+        // The message places the first byte that is not UTF-8.
+        assert_eq!(
+            parse_increment(b"{\"x\": 1,\n \"k\": \"\xff\"}"),
+            Err(Malformed(
+                "invalid unicode code point at line 2 column 8".into()
+            ))
+        );
     }
 
     #[test]
