@@ -213,10 +213,17 @@ fn clap_error(e: clap::Error) -> ConfigError {
     ) {
         e.exit();
     }
-    // clap's own rendering ends with a usage hint; the first line says what is wrong.
     let text = e.render().to_string();
-    let line = text.lines().next().unwrap_or("invalid configuration");
-    ConfigError(line.trim_start_matches("error: ").to_owned())
+    let text = text.trim().trim_start_matches("error: ");
+    match e.kind() {
+        // A refused value: the first line says it all (the rest is a pointer to --help).
+        InvalidValue | ValueValidation => {
+            ConfigError(text.lines().next().unwrap_or(text).to_owned())
+        }
+        // A missing argument, an unknown one and its suggestions, a misused subcommand: the
+        // first line alone does not say which, so clap's whole message.
+        _ => ConfigError(text.to_owned()),
+    }
 }
 
 /// Reads a TOML file into `(setting name, value as text)` pairs.

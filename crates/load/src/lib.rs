@@ -99,7 +99,7 @@ pub struct LoadConfig {
     pub verify: bool,
 
     /// The database the node writes to, for `--verify` (URL or key=value, as DATABASE_URL).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = tally_postgres::DatabaseUrlParser)]
     pub database_url: Option<DatabaseUrl>,
 
     /// How long `--verify` waits for PostgreSQL to hold every acknowledged increment.

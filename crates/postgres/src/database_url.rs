@@ -20,6 +20,83 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// The string with its password replaced by `***`: fit for a message or a log line.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+/// `s` with any password replaced by `***`: the `user:password@` of a URL, and the value of
+/// `password=` in `key=value` form.
+pub fn redact(s: &str) -> String {
+    if let Some(scheme_end) = s.find("://") {
+        let rest = &s[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &s[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        // A password may also come as a query parameter.
+        return redact_pairs(s, '&');
+    }
+    redact_pairs(s, ' ')
+}
+
+/// Replaces the value of every `password=` pair separated by `separator`.
+fn redact_pairs(s: &str, separator: char) -> String {
+    s.split(separator)
+        .map(|pair| {
+            let (key, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let bare = key.trim().rsplit(['?', '&']).next().unwrap_or(key);
+            if bare.trim() == "password" && pair.contains('=') {
+                format!("{key}=***")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(&separator.to_string())
+}
+
+/// The clap value parser of a connection string. clap's own message for a refused value
+/// repeats the value, password included; this one repeats it with the password hidden.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatabaseUrlParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let fail = |why: String| {
+            let name = arg.map_or("the connection string".to_owned(), |a| {
+                a.get_long()
+                    .map_or(a.get_id().to_string(), |l| format!("--{l}"))
+            });
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let s = value.to_str().ok_or_else(|| fail("not UTF-8".to_owned()))?;
+        s.parse::<DatabaseUrl>()
+            .map_err(|e| fail(format!("'{}' is {e}", redact(s))))
+    }
+}
+
 impl std::str::FromStr for DatabaseUrl {
     type Err = String;
 
@@ -28,5 +105,28 @@ impl std::str::FromStr for DatabaseUrl {
         s.parse::<tokio_postgres::Config>()
             .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
         Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_both_forms() {
+        assert_eq!(
+            redact("postgres://ada:s3cret@db:5432/tally?sslmode=require"),
+            "postgres://ada:***@db:5432/tally?sslmode=require"
+        );
+        assert_eq!(redact("postgres://ada@db/tally"), "postgres://ada@db/tally");
+        assert_eq!(
+            redact("postgresql://db/tally?user=ada&password=s3cret"),
+            "postgresql://db/tally?user=ada&password=***"
+        );
+        assert_eq!(
+            redact("host=db user=ada password=s3cret dbname=tally"),
+            "host=db user=ada password=*** dbname=tally"
+        );
+        assert_eq!(redact("host=db"), "host=db");
     }
 }

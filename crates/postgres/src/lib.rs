@@ -48,7 +48,7 @@ mod settings;
 pub use binaries::PgBinaries;
 pub use cluster::{ManagedPostgres, SUPERUSER};
 pub use conninfo::to_connection_string;
-pub use database_url::DatabaseUrl;
+pub use database_url::{DatabaseUrl, DatabaseUrlParser, redact};
 pub use error::ManagedError;
 pub use os_user::SERVER_OS_USER;
 pub use settings::ManagedOptions;

@@ -32,7 +32,8 @@ pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) =
 pub struct DatabaseConfig {
     /// PostgreSQL connection string (URL or key=value). Unset: a managed local PostgreSQL
     /// under the data directory.
-    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true,
+          value_parser = tally_postgres::DatabaseUrlParser)]
     pub database_url: Option<DatabaseUrl>,
 
     /// Directory for the node id, the journal and the managed PostgreSQL.

@@ -218,6 +218,61 @@ fn invalid_configuration_exits_2_with_one_clear_line() {
     }
 }
 
+/// A usage error shows clap's whole message, suggestions included; a refused connection
+/// string is echoed without its password, in the error and in `--help`.
+#[test]
+fn usage_errors_say_everything_and_never_a_password() {
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = tally_command();
+        cmd.args(args).env_remove("DATABASE_URL");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["load", "--verify"], &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("not provided") && text.contains("--database-url <URL>"),
+        "{text}"
+    );
+    let (code, text) = run(&["--flsh-interval", "1s"], &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("a similar argument exists: '--flush-interval'"),
+        "{text}"
+    );
+
+    let secret = "s3cret-pw";
+    let url = format!("postgres://ada:{secret}@db:5432/tally?bogus=1");
+    for (args, envs) in [
+        (vec!["migrate"], vec![("DATABASE_URL", url.as_str())]),
+        (vec!["--database-url", url.as_str()], vec![]),
+        (
+            vec!["load", "--verify", "--database-url", url.as_str()],
+            vec![],
+        ),
+    ] {
+        let (code, text) = run(&args, &envs);
+        assert_eq!(code, Some(2), "{text}");
+        assert!(text.contains("postgres://ada:***@db:5432/tally"), "{text}");
+        assert!(!text.contains(secret), "the password is shown: {text}");
+    }
+    let good = format!("postgres://ada:{secret}@db:5432/tally");
+    let (code, text) = run(&["--help"], &[("DATABASE_URL", good.as_str())]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("DATABASE_URL") && !text.contains(secret),
+        "{text}"
+    );
+}
+
 #[test]
 fn flags_beat_environment_which_beats_the_file() {
     let db = fresh_database();
