@@ -12,10 +12,18 @@ use std::path::{Path, PathBuf};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tally::config::{MigrateConfig, ServeConfig};
 
+/// The version `tally --version` prints: the package's and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TALLY_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tally",
-    version,
+    version = VERSION,
     about = "Counts increments sent over HTTP and keeps exact totals in PostgreSQL",
     args_conflicts_with_subcommands = true
 )]

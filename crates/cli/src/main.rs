@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Serve(config) => {
-                telemetry::init(config.log_format);
+                telemetry::init(config.log_format, config.log_level);
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 app::serve(config, listener, shutdown).await
             }
             Command::Migrate(config) => {
-                telemetry::init(config.log_format);
+                telemetry::init(config.log_format, config.log_level);
                 let data_dir = tally::node::DataDir::open(&config.database.data_dir)
                     .map_err(StartError::from)?;
                 let database = Database::open(&config.database, data_dir.path()).await?;
@@ -45,17 +45,17 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Postgres(config) => {
-                telemetry::init(telemetry::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text, None);
                 postgres(config).await
             }
             Command::Journal(config) => {
-                telemetry::init(telemetry::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text, None);
                 journal(config)
             }
             Command::User(cli::UserConfig {
                 action: cli::UserAction::Add { email, settings },
             }) => {
-                telemetry::init(settings.log_format);
+                telemetry::init(settings.log_format, settings.log_level);
                 let password = read_password(&email)?;
                 let id = with_accounts(&settings, async |accounts| {
                     accounts.add_user(&email, &password).await
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             Command::Key(cli::KeyConfig {
                 action: cli::KeyAction::Create { user, settings },
             }) => {
-                telemetry::init(settings.log_format);
+                telemetry::init(settings.log_format, settings.log_level);
                 let (key, id) = with_accounts(&settings, async |accounts| {
                     accounts.create_key_for(&user).await
                 })
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             }
             Command::Load(config) => {
                 // The report goes to stdout; logging is for errors only.
-                telemetry::init(telemetry::LogFormat::Text);
+                telemetry::init(telemetry::LogFormat::Text, None);
                 tally_load::run(config).await.map(|_report| ())
             }
         }

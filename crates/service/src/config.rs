@@ -15,7 +15,7 @@ use crate::access::peer::TrustedProxies;
 use crate::access::rate_limit::RateLimit;
 use crate::access::{AuthMode, Signup};
 use crate::increment::{KeyFormat, ValidationRules};
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, LogLevel};
 
 /// The shortest and longest database timeouts Tally accepts: below 100 ms an ordinary flush
 /// statement on a busy server would be cut off; above 5 minutes a silent connection would hold
@@ -125,6 +125,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Least severe events logged: error, warn, info, debug or trace. Unset: `RUST_LOG`, which
+    /// also takes per-module directives, or `info`.
+    #[arg(long, env = "TALLY_LOG_LEVEL", value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+
     /// After SIGTERM, keep serving this long while `/ready` answers 503, so that a load
     /// balancer stops sending requests before the node stops accepting them.
     #[arg(long, env = "TALLY_DRAIN_DELAY", default_value = "0s",
@@ -230,6 +235,11 @@ pub struct MigrateConfig {
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Least severe events logged: error, warn, info, debug or trace. Unset: `RUST_LOG`, which
+    /// also takes per-module directives, or `info`.
+    #[arg(long, env = "TALLY_LOG_LEVEL", value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+
     /// TOML file with settings (see `tally serve --help`).
     #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -272,6 +282,7 @@ macro_rules! value_enum {
 }
 value_enum!(KeyFormat { Any => "any", Uuid => "uuid" });
 value_enum!(LogFormat { Text => "text", Json => "json" });
+value_enum!(LogLevel { Error => "error", Warn => "warn", Info => "info", Debug => "debug", Trace => "trace" });
 value_enum!(AuthMode { None => "none", Required => "required" });
 value_enum!(Signup { Open => "open", Closed => "closed" });
 
@@ -286,7 +297,9 @@ macro_rules! display_as_written {
         }
     )*};
 }
-display_as_written!(Durability, Mode, KeyFormat, LogFormat, AuthMode, Signup);
+display_as_written!(
+    Durability, Mode, KeyFormat, LogFormat, LogLevel, AuthMode, Signup
+);
 
 fn parse_flush_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 1s, 9s)"))?;

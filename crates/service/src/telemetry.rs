@@ -1,6 +1,7 @@
 //! Logging: human-readable text by default, one JSON object per line for machines.
-//! `RUST_LOG` filters as usual (default `info`, with the migration library's per-step chatter
-//! left out: Tally logs each applied migration itself).
+//! `--log-level` sets the level; without it `RUST_LOG` filters as usual (per module too); the
+//! default is `info`. Either way the migration library's per-step chatter is left out unless
+//! asked for by name: Tally logs each applied migration itself.
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,10 +14,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// The least severe events logged (`--log-level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// Installs the global subscriber. Later calls (several apps in one test process) are no-ops.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn"));
+/// `level`, when given, beats `RUST_LOG`.
+pub fn init(format: LogFormat, level: Option<LogLevel>) {
+    let quiet_migrations = |level: &str| EnvFilter::new(format!("{level},refinery_core=warn"));
+    let filter = match level {
+        Some(level) => quiet_migrations(level.directive()),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet_migrations("info")),
+    };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

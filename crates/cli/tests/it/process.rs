@@ -453,6 +453,58 @@ fn migrate_creates_the_schema_and_exits() {
     );
 }
 
+/// `--log-level` beats `RUST_LOG`, which applies without it.
+#[test]
+fn the_log_level_flag_beats_rust_log() {
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = |args: &[&str], rust_log: Option<&str>| {
+        let mut cmd = tally_command();
+        cmd.args(["migrate", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .env_remove("TALLY_LOG_LEVEL");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).contains("migrations are up to date")
+    };
+    assert!(logs(&[], None), "info by default");
+    assert!(!logs(&[], Some("warn")), "RUST_LOG without the flag");
+    assert!(
+        logs(&["--log-level", "info"], Some("warn")),
+        "the flag beats RUST_LOG"
+    );
+    assert!(!logs(&["--log-level", "warn"], None));
+}
+
+/// `tally --version` names the commit it was built from.
+#[test]
+fn the_version_names_the_commit() {
+    let out = tally_command().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success());
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert!(!head.is_empty(), "the tests run in a git checkout");
+    assert_eq!(
+        version.trim(),
+        format!("tally {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 /// A data directory that a power cut forgets would take the node id and the journal with it:
 /// when Tally creates it, it fsyncs the parent that holds its entry. Seen with strace, on the
 /// system calls themselves.
