@@ -47,6 +47,9 @@ enum CliCommand {
     Postgres(PostgresConfig),
     /// Check a stopped node's journal, or repair damage that keeps the node from starting.
     Journal(JournalConfig),
+    /// Check a configuration (flags, environment and `--config` file, as `serve` takes them)
+    /// without starting: exits 0 and prints the settings if it is valid, 2 if not.
+    CheckConfig(ServeConfig),
     /// Manage users (for `--auth required`).
     User(UserConfig),
     /// Manage API keys (for `--auth required`).
@@ -61,6 +64,7 @@ pub enum Command {
     Load(tally_load::LoadConfig),
     Postgres(PostgresConfig),
     Journal(JournalConfig),
+    CheckConfig(ServeConfig),
     User(UserConfig),
     Key(KeyConfig),
 }
@@ -179,7 +183,7 @@ where
     let first = parse(Cli::command(), &args)?;
     let config_file = match &first.command {
         Some(CliCommand::Migrate(m)) => m.config.clone(),
-        Some(CliCommand::Serve(s)) => s.config.clone(),
+        Some(CliCommand::Serve(s) | CliCommand::CheckConfig(s)) => s.config.clone(),
         Some(CliCommand::User(UserConfig {
             action: UserAction::Add { settings, .. },
         }))
@@ -202,6 +206,7 @@ where
         Some(CliCommand::Load(l)) => Command::Load(l),
         Some(CliCommand::Postgres(p)) => Command::Postgres(p),
         Some(CliCommand::Journal(j)) => Command::Journal(j),
+        Some(CliCommand::CheckConfig(s)) => Command::CheckConfig(s),
         Some(CliCommand::User(u)) => Command::User(u),
         Some(CliCommand::Key(k)) => Command::Key(k),
         None => Command::Serve(cli.serve),

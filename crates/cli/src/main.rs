@@ -52,6 +52,10 @@ fn main() -> ExitCode {
                 telemetry::init(telemetry::LogFormat::Text, None);
                 journal(config)
             }
+            Command::CheckConfig(config) => {
+                print!("{}", check_config(&config));
+                Ok(())
+            }
             Command::User(cli::UserConfig {
                 action: cli::UserAction::Add { email, settings },
             }) => {
@@ -96,6 +100,43 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// What `tally check-config` prints of a valid configuration: the settings that shape a
+/// node, the connection string without its password.
+fn check_config(config: &tally::config::ServeConfig) -> String {
+    let database = match &config.database.database_url {
+        Some(url) if !url.expose().trim().is_empty() => url.redacted(),
+        _ => format!(
+            "managed, under {}",
+            config.database.data_dir.join("postgres").display()
+        ),
+    };
+    let rate_limit = config
+        .rate_limit
+        .map_or("none".to_owned(), |rate| rate.to_string());
+    let lines = [
+        ("listen", config.listen.to_string()),
+        ("database", database),
+        ("data_dir", config.database.data_dir.display().to_string()),
+        ("mode", config.mode.to_string()),
+        ("durability", config.durability_in_effect()),
+        (
+            "flush_interval",
+            humantime::format_duration(config.flush_interval).to_string(),
+        ),
+        ("auth", config.auth.to_string()),
+        ("rate_limit", rate_limit),
+        (
+            "read_timeout",
+            humantime::format_duration(config.read_timeout).to_string(),
+        ),
+    ];
+    let mut out = String::from("the configuration is valid:\n");
+    for (name, value) in lines {
+        out.push_str(&format!("  {name} = {value}\n"));
+    }
+    out
 }
 
 /// Runs `work` on the accounts of the database `settings` name (migrated first), then closes it.

@@ -1,7 +1,7 @@
 //! Logging: human-readable text by default, one JSON object per line for machines.
 //! `--log-level` sets the level; without it `RUST_LOG` filters as usual (per module too); the
-//! default is `info`. Either way the migration library's per-step chatter is left out unless
-//! asked for by name: Tally logs each applied migration itself.
+//! default is `info`. Either way the migration library's per-step chatter and PostgreSQL's
+//! notices are left out unless asked for by name: Tally logs each applied migration itself.
 
 use tracing_subscriber::EnvFilter;
 
@@ -39,7 +39,13 @@ impl LogLevel {
 /// Installs the global subscriber. Later calls (several apps in one test process) are no-ops.
 /// `level`, when given, beats `RUST_LOG`.
 pub fn init(format: LogFormat, level: Option<LogLevel>) {
-    let quiet_migrations = |level: &str| EnvFilter::new(format!("{level},refinery_core=warn"));
+    // PostgreSQL's notices ("relation ... already exists, skipping" at every start) reach
+    // tokio-postgres as info events of its own; they are the server's chatter, not Tally's.
+    let quiet_migrations = |level: &str| {
+        EnvFilter::new(format!(
+            "{level},refinery_core=warn,tokio_postgres::connection=warn"
+        ))
+    };
     let filter = match level {
         Some(level) => quiet_migrations(level.directive()),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet_migrations("info")),

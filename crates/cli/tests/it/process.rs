@@ -478,12 +478,55 @@ fn the_log_level_flag_beats_rust_log() {
         String::from_utf8_lossy(&out.stderr).contains("migrations are up to date")
     };
     assert!(logs(&[], None), "info by default");
+    // PostgreSQL's notices are not logged as Tally's own lines.
+    let out = tally_command()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("NOTICE"), "{stderr}");
     assert!(!logs(&[], Some("warn")), "RUST_LOG without the flag");
     assert!(
         logs(&["--log-level", "info"], Some("warn")),
         "the flag beats RUST_LOG"
     );
     assert!(!logs(&["--log-level", "warn"], None));
+}
+
+/// `tally check-config` validates without starting: 0 and the settings (no password) when
+/// valid, 2 and the reason when not; it reads the file and the environment as `serve` does.
+#[test]
+fn check_config_validates_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tally.toml");
+    std::fs::write(&file, "flush_interval = \"2s\"\n").unwrap();
+    let out = tally_command()
+        .args(["check-config", "--mode", "sync", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", "postgres://ada:s3cret@db:5432/tally")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "mode = sync",
+        "flush_interval = 2s",
+        "postgres://ada:***@db:5432/tally",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from {stdout}");
+    }
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    let out = tally_command()
+        .arg("check-config")
+        .env_remove("DATABASE_URL")
+        .env("TALLY_MODE", "fast")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode"));
 }
 
 /// `tally --version` names the commit it was built from.
