@@ -214,11 +214,67 @@ where
 }
 
 fn parse(command: clap::Command, args: &[OsString]) -> Result<Cli, ConfigError> {
-    let matches = command.try_get_matches_from(args).map_err(clap_error)?;
-    Cli::from_arg_matches(&matches).map_err(clap_error)
+    let matches = command
+        .clone()
+        .try_get_matches_from(args)
+        .map_err(|e| named_source(clap_error(&e), &e, &command, args))?;
+    Cli::from_arg_matches(&matches).map_err(|e| clap_error(&e))
 }
 
-fn clap_error(e: clap::Error) -> ConfigError {
+/// Names the environment variable a refused value came from, when it did not come from the
+/// command line: `TALLY_MODE=fast: invalid value 'fast' for '--mode <MODE>'`. clap names only
+/// the flag, which sends the user looking for a flag they never gave. The value is repeated
+/// only for settings whose values `--help` shows (never `DATABASE_URL`'s).
+fn named_source(
+    error: ConfigError,
+    e: &clap::Error,
+    command: &clap::Command,
+    args: &[OsString],
+) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return error;
+    }
+    let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let long = flag.trim_start_matches("--");
+    let long = long.split([' ', '=']).next().unwrap_or(long);
+    let on_command_line = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+    });
+    if on_command_line {
+        return error;
+    }
+    let mut commands = vec![command];
+    let mut found = None;
+    while let Some(c) = commands.pop() {
+        commands.extend(c.get_subcommands());
+        found = found.or_else(|| c.get_arguments().find(|a| a.get_long() == Some(long)));
+    }
+    let Some((name, value)) = found
+        .and_then(|arg| Some((arg, arg.get_env()?)))
+        .and_then(|(arg, name)| Some((arg, name, std::env::var_os(name)?)))
+        .map(|(arg, name, value)| {
+            let name = name.to_string_lossy().into_owned();
+            let shown =
+                (!arg.is_hide_env_values_set()).then(|| value.to_string_lossy().into_owned());
+            (name, shown)
+        })
+    else {
+        return error;
+    };
+    match value {
+        Some(value) => ConfigError(format!("{name}={value}: {}", error.0)),
+        None => ConfigError(format!("{name}: {}", error.0)),
+    }
+}
+
+fn clap_error(e: &clap::Error) -> ConfigError {
     use clap::error::ErrorKind::*;
     if matches!(
         e.kind(),
@@ -229,10 +285,15 @@ fn clap_error(e: clap::Error) -> ConfigError {
     let text = e.render().to_string();
     let text = text.trim().trim_start_matches("error: ");
     match e.kind() {
-        // A refused value: the first line says it all (the rest is a pointer to --help).
-        InvalidValue | ValueValidation => {
-            ConfigError(text.lines().next().unwrap_or(text).to_owned())
-        }
+        // A refused value, in one line: what clap says before its pointer to --help (the
+        // possible values, if any, included).
+        InvalidValue | ValueValidation => ConfigError(
+            text.lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         // A missing argument, an unknown one and its suggestions, a misused subcommand: the
         // first line alone does not say which, so clap's whole message.
         _ => ConfigError(text.to_owned()),

@@ -192,17 +192,34 @@ fn invalid_configuration_exits_2_with_one_clear_line() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (&["--flush-interval", "20s"], &[], "between 10ms and 10s"),
-        (&["--mode", "fast"], &[], "--mode"),
+        (
+            &["--mode", "fast"],
+            &[],
+            "for '--mode <MODE>' [possible values: buffered, sync]",
+        ),
         (
             &[],
             &[("TALLY_FLUSH_INTERVAL", "5ms")],
-            "between 10ms and 10s",
+            "TALLY_FLUSH_INTERVAL=5ms: invalid value '5ms' for '--flush-interval <DURATION>': must be between 10ms and 10s",
         ),
-        (&[], &[("TALLY_MAX_BODY_BYTES", "lots")], "--max-body-bytes"),
+        (
+            &[],
+            &[("TALLY_MODE", "fast")],
+            "TALLY_MODE=fast: invalid value",
+        ),
+        (
+            &[],
+            &[("TALLY_MAX_BODY_BYTES", "lots")],
+            "TALLY_MAX_BODY_BYTES=lots",
+        ),
         (&["--listen", "nowhere"], &[], "--listen"),
         (&["--durability", "disk"], &[], "--durability"),
         (&["--max-journal-bytes", "1kB"], &[], "at least 1MiB"),
-        (&[], &[("TALLY_DRAIN_TIMEOUT", "soon")], "--drain-timeout"),
+        (
+            &[],
+            &[("TALLY_DRAIN_TIMEOUT", "soon")],
+            "TALLY_DRAIN_TIMEOUT=soon",
+        ),
     ];
     for (args, envs, expected) in cases {
         let mut cmd = tally_command();
