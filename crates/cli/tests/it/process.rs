@@ -149,6 +149,25 @@ fn managed_postgres_starts_from_nothing_keeps_its_data_and_stops_on_exit() {
     );
     let pid = postmaster_pid(dir.path()).expect("the managed PostgreSQL runs");
     assert!(process_is_running(pid));
+    // The start-up line's connection string works with psql as printed.
+    let database = first
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "tally is serving")
+        .and_then(|v| v["database"].as_str().map(str::to_owned))
+        .expect("the start-up line names the database");
+    let url = database.trim_start_matches("managed ");
+    let psql = std::process::Command::new("psql")
+        .args([url, "-Atc", "SELECT count(*) FROM counters"])
+        .output()
+        .expect("psql runs");
+    assert!(
+        psql.status.success(),
+        "psql {url}: {}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "0");
     assert_eq!(post_increment(&http, &first, "visits", 41), 202);
     stop_and_check_postgres_stopped(&mut first, libc::SIGTERM, dir.path(), pid);
 

@@ -166,6 +166,8 @@ impl fmt::Display for DatabaseDescription {
 /// Describes a connection configuration without its password.
 pub fn describe(config: &tokio_postgres::Config) -> DatabaseDescription {
     use tokio_postgres::config::Host;
+    // A libpq URI that psql takes as it is: a socket directory, or more than one host, goes in
+    // the query (`?host=/run/postgresql&port=5432`), where a path needs no escaping.
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
@@ -175,21 +177,47 @@ pub fn describe(config: &tokio_postgres::Config) -> DatabaseDescription {
         })
         .collect();
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    DatabaseDescription(format!(
-        "postgresql://{}@{}{}/{}",
-        config.get_user().unwrap_or("(default user)"),
-        if hosts.is_empty() {
-            "localhost".into()
+    let user = config
+        .get_user()
+        .map(|u| format!("{}@", escape(u)))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().map(escape).unwrap_or_default();
+    let simple = hosts.len() <= 1
+        && ports.len() <= 1
+        && !config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Unix(_)));
+    DatabaseDescription(if simple {
+        let host = hosts.first().map_or("", String::as_str);
+        let port = ports.first().map(|p| format!(":{p}")).unwrap_or_default();
+        format!("postgresql://{user}{host}{port}/{dbname}")
+    } else {
+        let hosts: Vec<String> = hosts.iter().map(|h| escape_path(h)).collect();
+        let mut query = vec![format!("host={}", hosts.join(","))];
+        if !ports.is_empty() {
+            query.push(format!("port={}", ports.join(",")));
+        }
+        format!("postgresql://{user}/{dbname}?{}", query.join("&"))
+    })
+}
+
+/// Like [`escape`], keeping the slashes of a socket directory (libpq decodes the rest).
+fn escape_path(s: &str) -> String {
+    s.split('/').map(escape).collect::<Vec<_>>().join("/")
+}
+
+/// Percent-encodes what a URI's user or database name cannot hold as it is.
+fn escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
         } else {
-            hosts.join(",")
-        },
-        if ports.is_empty() {
-            String::new()
-        } else {
-            format!(":{}", ports.join(","))
-        },
-        config.get_dbname().unwrap_or("(default database)"),
-    ))
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Tally's choices for what a connection string leaves unset: a connect timeout, an
@@ -370,6 +398,23 @@ fn to_bigint(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_description_is_a_uri_psql_takes_without_the_password() {
+        let described = |s: &str| describe(&s.parse().unwrap()).to_string();
+        assert_eq!(
+            described("host='/tmp/tally data/postgres' port=5432 user=tally dbname=tally"),
+            "postgresql://tally@/tally?host=/tmp/tally%20data/postgres&port=5432"
+        );
+        assert_eq!(
+            described("postgres://ada:s3cret@db.example:6432/counts"),
+            "postgresql://ada@db.example:6432/counts"
+        );
+        assert_eq!(
+            described("postgres://ada@a:1,b:2/counts"),
+            "postgresql://ada@/counts?host=a,b&port=1,2"
+        );
+    }
 
     fn defaults_for(url: &str) -> tokio_postgres::Config {
         with_connection_defaults(url.parse().unwrap())
