@@ -47,6 +47,13 @@ enum CliCommand {
     Postgres(PostgresConfig),
     /// Check a stopped node's journal, or repair damage that keeps the node from starting.
     Journal(JournalConfig),
+    /// Print shell completions for `tally` (e.g. `tally completions bash > /etc/bash_completion.d/tally`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page of `tally` in roff (e.g. `tally man > tally.1; man ./tally.1`).
+    Man,
     /// Check a configuration (flags, environment and `--config` file, as `serve` takes them)
     /// without starting: exits 0 and prints the settings if it is valid, 2 if not.
     CheckConfig(ServeConfig),
@@ -64,6 +71,8 @@ pub enum Command {
     Load(tally_load::LoadConfig),
     Postgres(PostgresConfig),
     Journal(JournalConfig),
+    Completions(clap_complete::Shell),
+    Man,
     CheckConfig(ServeConfig),
     User(UserConfig),
     Key(KeyConfig),
@@ -166,6 +175,11 @@ pub enum PostgresAction {
 #[error("{0}")]
 pub struct ConfigError(String);
 
+/// The whole command line, as completions and the manual page describe it.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Parses the process's arguments, environment and optional TOML file.
 ///
 /// `--help` and `--version` print and exit 0 here; every other problem is a `ConfigError`.
@@ -190,7 +204,13 @@ where
         | Some(CliCommand::Key(KeyConfig {
             action: KeyAction::Create { settings, .. },
         })) => settings.config.clone(),
-        Some(CliCommand::Load(_) | CliCommand::Postgres(_) | CliCommand::Journal(_)) => None,
+        Some(
+            CliCommand::Load(_)
+            | CliCommand::Postgres(_)
+            | CliCommand::Journal(_)
+            | CliCommand::Completions { .. }
+            | CliCommand::Man,
+        ) => None,
         None => first.serve.config.clone(),
     };
     let cli = match config_file {
@@ -207,6 +227,8 @@ where
         Some(CliCommand::Postgres(p)) => Command::Postgres(p),
         Some(CliCommand::Journal(j)) => Command::Journal(j),
         Some(CliCommand::CheckConfig(s)) => Command::CheckConfig(s),
+        Some(CliCommand::Completions { shell }) => Command::Completions(shell),
+        Some(CliCommand::Man) => Command::Man,
         Some(CliCommand::User(u)) => Command::User(u),
         Some(CliCommand::Key(k)) => Command::Key(k),
         None => Command::Serve(cli.serve),

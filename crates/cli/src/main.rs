@@ -52,6 +52,15 @@ fn main() -> ExitCode {
                 telemetry::init(telemetry::LogFormat::Text, None);
                 journal(config)
             }
+            Command::Completions(shell) => {
+                let mut command = cli::command();
+                clap_complete::generate(shell, &mut command, "tally", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man => {
+                clap_mangen::Man::new(cli::command()).render(&mut std::io::stdout())?;
+                Ok(())
+            }
             Command::CheckConfig(config) => {
                 print!("{}", check_config(&config));
                 Ok(())

@@ -565,6 +565,31 @@ fn check_config_validates_without_starting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mode"));
 }
 
+/// Shell completions and the manual page come from the same command line the binary parses.
+#[test]
+fn completions_and_the_manual_page_describe_the_command_line() {
+    let stdout = |args: &[&str]| {
+        let out = tally_command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = stdout(&["completions", "bash"]);
+    assert!(
+        bash.contains("_tally()") && bash.contains("check-config"),
+        "{bash}"
+    );
+    assert!(bash.contains("--flush-interval"), "{bash}");
+    let zsh = stdout(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef tally"), "{zsh}");
+    let man = stdout(&["man"]);
+    assert!(man.contains(".TH tally 1"), "{man}");
+    assert!(man.contains("check\\-config"), "{man}");
+}
+
 /// `tally --version` names the commit it was built from.
 #[test]
 fn the_version_names_the_commit() {
