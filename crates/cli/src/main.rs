@@ -28,9 +28,14 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(config) => {
                 telemetry::init(config.log_format, config.log_level);
-                let listener = tokio::net::TcpListener::bind(config.listen)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+                let listener =
+                    tokio::net::TcpListener::bind(config.listen)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            addr: config.listen,
+                            what: "",
+                            source,
+                        })?;
                 let shutdown = Shutdown::new();
                 shutdown.listen_for_signals()?;
                 app::serve(config, listener, shutdown).await

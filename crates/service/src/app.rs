@@ -177,11 +177,17 @@ impl Node {
             })
         });
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            addr,
+                            what: " for /metrics",
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let ctx = Arc::new(ApiContext {

@@ -50,6 +50,15 @@ pub enum StartError {
     /// encoding other than UTF8.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    /// An address to serve on cannot be had: another process holds it, or it is not this
+    /// machine's.
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        /// What the address is for, when it is not the API's (` for /metrics`).
+        what: &'static str,
+        source: std::io::Error,
+    },
     /// Anything else: a damaged journal, an invalid database URL, a failed replay.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
@@ -67,6 +76,8 @@ impl StartError {
                 matches!(e, tally_postgres::ManagedError::NotInstalled { .. })
             }
             StartError::Storage(e) => matches!(e, NodeInUse(_) | NotUtf8(_)),
+            // Like a data directory in use: the operator's to fix, and a retry as it is fails.
+            StartError::Listen { .. } => true,
             StartError::Failed(_) => false,
         }
     }

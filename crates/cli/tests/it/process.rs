@@ -590,6 +590,28 @@ fn completions_and_the_manual_page_describe_the_command_line() {
     assert!(man.contains("check\\-config"), "{man}");
 }
 
+/// A port in use is a refusal to start, as a data directory in use is: exit status 2 and one
+/// line, before anything is opened.
+#[test]
+fn a_port_in_use_is_refused_like_a_data_directory_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tally_command()
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .env("DATABASE_URL", "host=/nonexistent dbname=tally")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
 /// `tally --version` names the commit it was built from.
 #[test]
 fn the_version_names_the_commit() {
