@@ -301,22 +301,32 @@ display_as_written!(
     Durability, Mode, KeyFormat, LogFormat, LogLevel, AuthMode, Signup
 );
 
-fn parse_flush_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 1s, 9s)"))?;
-    let (min, max) = FLUSH_INTERVAL_RANGE;
+/// A duration (`humantime`: `250ms`, `9s`, `24h`) within `min..=max`; `examples` for a value
+/// that is not one, `bounds` for one out of range.
+fn parse_duration_within(
+    s: &str,
+    (min, max): (Duration, Duration),
+    examples: &str,
+    bounds: &str,
+) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: {examples})"))?;
     if d < min || d > max {
-        return Err("must be between 10ms and 10s".into());
+        return Err(format!("must be {bounds}"));
     }
     Ok(d)
 }
 
+fn parse_flush_interval(s: &str) -> Result<Duration, String> {
+    parse_duration_within(
+        s,
+        FLUSH_INTERVAL_RANGE,
+        "250ms, 1s, 9s",
+        "between 10ms and 10s",
+    )
+}
+
 fn parse_db_timeout(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 1m)"))?;
-    let (min, max) = DB_TIMEOUT_RANGE;
-    if d < min || d > max {
-        return Err("must be between 100ms and 5m".into());
-    }
-    Ok(d)
+    parse_duration_within(s, DB_TIMEOUT_RANGE, "500ms, 5s, 1m", "between 100ms and 5m")
 }
 
 /// A size in bytes, with or without a unit (`1048576`, `1MiB`, `500MB`), within `range`.
@@ -342,11 +352,8 @@ fn parse_header_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_read_timeout(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 5s, 15s, 1m)"))?;
-    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
-        return Err("must be from 1s to 10m".into());
-    }
-    Ok(d)
+    let range = (Duration::from_secs(1), Duration::from_secs(600));
+    parse_duration_within(s, range, "5s, 15s, 1m", "from 1s to 10m")
 }
 
 fn parse_journal_size(s: &str) -> Result<u64, String> {
@@ -354,35 +361,25 @@ fn parse_journal_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_drain_delay(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0s, 5s)"))?;
-    if d > Duration::from_secs(300) {
-        return Err("must be at most 5m".into());
-    }
-    Ok(d)
+    let range = (Duration::ZERO, Duration::from_secs(300));
+    parse_duration_within(s, range, "0s, 5s", "at most 5m")
 }
 
 fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 30s, 2m)"))?;
-    if d > Duration::from_secs(3600) {
-        return Err("must be at most 1h".into());
-    }
-    Ok(d)
+    let range = (Duration::ZERO, Duration::from_secs(3600));
+    parse_duration_within(s, range, "1s, 30s, 2m", "at most 1h")
 }
 
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn parse_idempotency_ttl(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1h, 24h, 7days)"))?;
-    if d < Duration::from_secs(1) || d > Duration::from_secs(365 * 24 * 3600) {
-        return Err("must be from 1s to 365days".into());
-    }
-    Ok(d)
+    let range = (Duration::from_secs(1), YEAR);
+    parse_duration_within(s, range, "1h, 24h, 7days", "from 1s to 365days")
 }
 
 fn parse_session_ttl(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 12h, 7days)"))?;
-    if d < Duration::from_secs(60) || d > Duration::from_secs(365 * 24 * 3600) {
-        return Err("must be from 1m to 365days".into());
-    }
-    Ok(d)
+    let range = (Duration::from_secs(60), YEAR);
+    parse_duration_within(s, range, "12h, 7days", "from 1m to 365days")
 }
 
 fn parse_node_id(s: &str) -> Result<String, String> {

@@ -14,7 +14,7 @@
 //!   is accepted, which costs the node nothing and tells the client at once.
 //!
 //! The body has its own deadline (`http::body`), and the number of requests in flight its own
-//! limit (`http::app`).
+//! limit (`http::observe`).
 
 use std::convert::Infallible;
 use std::future::Future;
