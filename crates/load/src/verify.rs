@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use tokio_postgres::NoTls;
 
 use tally_postgres::DatabaseUrl;
 
@@ -137,12 +136,9 @@ impl Verifier {
     /// Connects to `url`, and refuses a prefix that already has rows: totals from an earlier
     /// run would make this one's look wrong.
     pub async fn connect(url: &DatabaseUrl, key_start: String) -> anyhow::Result<Verifier> {
-        let config: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .context("--database-url is not a PostgreSQL connection string")?;
-        let (client, connection) = config
-            .connect(NoTls)
+        let (client, connection) = url
+            .endpoint()
+            .connect()
             .await
             .context("cannot connect to the database to verify")?;
         tokio::spawn(connection);

@@ -1,16 +1,99 @@
 //! A PostgreSQL connection string, as Tally takes it from `DATABASE_URL` or a flag.
 
 use std::fmt;
+use std::future::Future;
 
-/// A database connection string (a URL or `key=value` pairs). Its `Debug` never shows it,
-/// since it may hold a password.
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls::{self, SslMode};
+
+/// A database connection string (a URL or `key=value` pairs), checked and ready to connect
+/// with. Its `Debug` never shows it, since it may hold a password.
 #[derive(Clone)]
-pub struct DatabaseUrl(String);
+pub struct DatabaseUrl {
+    text: String,
+    endpoint: Endpoint,
+}
 
 impl DatabaseUrl {
     /// The string itself, password included: for a connection, never for a log line.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// Where and how to connect, TLS included.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// Where and how to connect: tokio-postgres's settings and the TLS that `sslmode` asks for.
+/// Every connection Tally opens to a PostgreSQL goes through one.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub config: Config,
+    tls: MakeRustlsConnect,
+    mode: SslMode,
+}
+
+impl Endpoint {
+    /// Parses a connection string, TLS settings included; reads the certificate files it
+    /// names.
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        let (rest, settings) = tls::split(s)?;
+        let mut config: Config = rest.parse().map_err(|e| format!("{e}"))?;
+        let mut mode = settings.effective_mode();
+        // As in libpq, a Unix socket never uses TLS.
+        if config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
+        {
+            mode = SslMode::Disable;
+        }
+        config.ssl_mode(mode.negotiation());
+        Ok(Endpoint {
+            config,
+            tls: settings.connector()?,
+            mode,
+        })
+    }
+
+    /// A connection without TLS, for a server reached over its Unix socket.
+    pub fn plain(mut config: Config) -> Endpoint {
+        config.ssl_mode(SslMode::Disable.negotiation());
+        Endpoint {
+            config,
+            tls: tls::TlsSettings::default()
+                .connector()
+                .expect("no files to read, no checks to build"),
+            mode: SslMode::Disable,
+        }
+    }
+
+    /// The `sslmode` in force.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// The connector, for a pool that opens its own connections.
+    pub fn tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
+    /// Opens one connection. The second value is the connection's task, to be spawned.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
     }
 }
 
@@ -23,7 +106,7 @@ impl fmt::Debug for DatabaseUrl {
 impl DatabaseUrl {
     /// The string with its password replaced by `***`: fit for a message or a log line.
     pub fn redacted(&self) -> String {
-        redact(&self.0)
+        redact(&self.text)
     }
 }
 
@@ -101,10 +184,14 @@ impl std::str::FromStr for DatabaseUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Parse now so a typo fails at start with exit 2, not at the first connection.
-        s.parse::<tokio_postgres::Config>()
-            .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
-        Ok(DatabaseUrl(s.to_owned()))
+        // Parse now so a typo or a missing certificate fails at start with exit 2, not at the
+        // first connection.
+        let endpoint = Endpoint::parse(s)
+            .map_err(|e| format!("not a usable PostgreSQL connection string: {e}"))?;
+        Ok(DatabaseUrl {
+            text: s.to_owned(),
+            endpoint,
+        })
     }
 }
 

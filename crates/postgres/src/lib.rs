@@ -27,7 +27,8 @@
 //! `postgres` OS user, without supplementary groups and from `/`, and the cluster and its log
 //! belong to that user. As any other user, the programs run as that user.
 //!
-//! The crate also holds [`DatabaseUrl`], the connection string as Tally takes it.
+//! The crate also holds [`DatabaseUrl`], the connection string as Tally takes it, and
+//! [`Endpoint`], how every connection is opened, with TLS as `sslmode` asks ([`tls`]).
 //!
 //! Inside, by concern: `error` (what can go wrong), `os_user` (the server's OS user and
 //! running programs as it), `settings` (`tally.conf`, `pg_hba.conf`, the socket's place),
@@ -44,11 +45,12 @@ mod os_user;
 mod programs;
 mod server;
 mod settings;
+pub mod tls;
 
 pub use binaries::PgBinaries;
 pub use cluster::{ManagedPostgres, SUPERUSER};
 pub use conninfo::to_connection_string;
-pub use database_url::{DatabaseUrl, DatabaseUrlParser, redact};
+pub use database_url::{DatabaseUrl, DatabaseUrlParser, Endpoint, redact};
 pub use error::ManagedError;
 pub use os_user::SERVER_OS_USER;
 pub use settings::ManagedOptions;

@@ -22,15 +22,13 @@
 
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Parser;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 use tally::batch::BatchSeq;
 use tally::node::DataDir;
 use tally::storage::Storage;
-use tally_postgres::{ManagedOptions, ManagedPostgres};
-use tokio_postgres::NoTls;
+use tally_postgres::{Endpoint, ManagedOptions, ManagedPostgres};
 
 #[derive(Parser)]
 struct Args {
@@ -86,20 +84,26 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|url| !url.trim().is_empty());
 
-    let (pg_config, cluster) = match external {
-        Some(url) => (url.parse().context("invalid DATABASE_URL")?, None),
+    let (endpoint, cluster) = match external {
+        Some(url) => (
+            Endpoint::parse(&url).map_err(|e| anyhow::anyhow!("invalid DATABASE_URL: {e}"))?,
+            None,
+        ),
         None => {
             // As root the server runs as `postgres`, which must be able to enter the
             // directory; tempfile creates it for its owner only.
             make_traversable(dir.path())?;
             let options = ManagedOptions::default();
             let cluster = ManagedPostgres::start(&dir.path().join("postgres"), &options)?;
-            (cluster.config(&options.database), Some(StopOnDrop(cluster)))
+            (
+                Endpoint::plain(cluster.config(&options.database)),
+                Some(StopOnDrop(cluster)),
+            )
         }
     };
 
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(run(&args, pg_config, dir.path(), cluster.is_some()))?;
+    let report = runtime.block_on(run(&args, endpoint, dir.path(), cluster.is_some()))?;
     drop(cluster);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -119,12 +123,12 @@ impl Drop for StopOnDrop {
 
 async fn run(
     args: &Args,
-    pg_config: tokio_postgres::Config,
+    endpoint: Endpoint,
     dir: &std::path::Path,
     managed: bool,
 ) -> anyhow::Result<FlushReport> {
     // 5 s per statement: a node's default `--db-timeout`.
-    let storage = Storage::connect(pg_config.clone(), 2, std::time::Duration::from_secs(5))?;
+    let storage = Storage::connect(endpoint.clone(), 2, std::time::Duration::from_secs(5))?;
     storage.migrate().await?;
     let data_dir = DataDir::open(&dir.join("node"))?;
     let node = data_dir.node_id(None)?;
@@ -144,7 +148,7 @@ async fn run(
     let update = timed_flush(&storage, claim.owner(), first.next(), &deltas).await?;
     drop(claim);
 
-    let (client, connection) = pg_config.connect(NoTls).await?;
+    let (client, connection) = endpoint.connect().await?;
     tokio::spawn(connection);
     if args.items {
         check_items(&client, &tenant, deltas.len()).await?;

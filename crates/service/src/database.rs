@@ -8,7 +8,8 @@ use std::path::Path;
 use crate::StartError;
 use crate::config::DatabaseConfig;
 use crate::storage::{Storage, describe};
-use tally_postgres::{ManagedOptions, ManagedPostgres};
+use tally_postgres::tls::SslMode;
+use tally_postgres::{Endpoint, ManagedOptions, ManagedPostgres};
 
 /// The database a node uses: an external one (`DATABASE_URL`) or a managed local cluster.
 pub struct Database {
@@ -28,14 +29,15 @@ impl Database {
             .database_url
             .as_ref()
             .filter(|u| !u.expose().trim().is_empty());
-        let (pg_config, description, managed) = match url {
+        let (endpoint, description, managed) = match url {
             Some(url) => {
-                let pg: tokio_postgres::Config = url
-                    .expose()
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("invalid database URL: {e}"))?;
-                let description = format!("external {}", describe(&pg));
-                (pg, description, None)
+                let endpoint = url.endpoint().clone();
+                let tls = match endpoint.ssl_mode() {
+                    SslMode::Disable => String::new(),
+                    mode => format!(" (sslmode {})", mode.as_str()),
+                };
+                let description = format!("external {}{tls}", describe(&endpoint.config));
+                (endpoint, description, None)
             }
             None => {
                 let dir = data_dir.join("postgres");
@@ -46,10 +48,10 @@ impl Database {
                 .map_err(anyhow::Error::from)??;
                 let pg = cluster.config(&ManagedOptions::default().database);
                 let description = format!("managed {}", describe(&pg));
-                (pg, description, Some(cluster))
+                (Endpoint::plain(pg), description, Some(cluster))
             }
         };
-        let storage = Storage::connect(pg_config, config.db_pool_size as usize, config.db_timeout)?;
+        let storage = Storage::connect(endpoint, config.db_pool_size as usize, config.db_timeout)?;
         let database = Database {
             storage,
             description,

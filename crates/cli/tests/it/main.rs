@@ -24,3 +24,4 @@ mod managed_postgres;
 mod process;
 mod recovery;
 mod schema;
+mod tls;

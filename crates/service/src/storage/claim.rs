@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 use super::{Storage, StorageError, bounded, from_bigint, to_bigint};
 use crate::batch::BatchSeq;
@@ -172,7 +171,7 @@ impl Storage {
     /// A new connection holding the node's advisory lock. It has the pool's connection
     /// settings (keepalives included), and its statements the same bound.
     async fn lock_node(&self, node: &NodeId) -> Result<tokio_postgres::Client, StorageError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.endpoint.connect().await?;
         let closed = tokio::spawn(connection);
         let locked = bounded(
             self.timeout,

@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tally_postgres::Endpoint;
 
 pub use access::{AddUserError, StoredKey, StoredUser};
 pub use claim::{Applied, NodeClaim, Owner};
@@ -56,7 +56,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Storage {
     pool: Pool,
     /// For connections outside the pool (the node's lock).
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
     /// Longest wait for one statement's answer (`--db-timeout`).
     timeout: Duration,
 }
@@ -114,9 +114,22 @@ impl From<tokio_postgres::Error> for StorageError {
             Some(db) => {
                 StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
             }
-            None => StorageError::Interrupted(e.to_string()),
+            None => StorageError::Interrupted(with_causes(&e)),
         }
     }
+}
+
+/// An error's message followed by its causes': tokio-postgres's own says only "error
+/// performing TLS handshake" or "error connecting to server", and the cause says why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    message
 }
 
 impl StorageError {
@@ -305,14 +318,14 @@ impl Storage {
     ///
     /// `timeout` bounds the wait for each statement's answer (`--db-timeout`).
     pub fn connect(
-        config: tokio_postgres::Config,
+        mut endpoint: Endpoint,
         pool_size: usize,
         timeout: Duration,
     ) -> Result<Storage, StorageError> {
-        let config = with_connection_defaults(config);
+        endpoint.config = with_connection_defaults(endpoint.config);
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            endpoint.config.clone(),
+            endpoint.tls(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -326,7 +339,7 @@ impl Storage {
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         Ok(Storage {
             pool,
-            config,
+            endpoint,
             timeout,
         })
     }
@@ -371,7 +384,7 @@ impl Storage {
     /// A handle on the same database with a pool of its own, for work that runs on another
     /// runtime: a connection belongs to the runtime that opened it.
     pub fn separate_pool(&self, size: usize) -> Result<Storage, StorageError> {
-        Storage::connect(self.config.clone(), size, self.timeout)
+        Storage::connect(self.endpoint.clone(), size, self.timeout)
     }
 
     /// The pool's size limit, open connections and idle ones.
