@@ -4,6 +4,8 @@
 //!
 //! - `systemd-analyze verify` accepts the unit, pointed at the binary under test, without a
 //!   single warning, and `systemd-analyze security` rates its sandbox OK;
+//! - a real node, traced with strace from start to final flush, makes no system call and opens
+//!   no socket family that the unit's sandbox would refuse;
 //! - kubernetes-validate accepts every manifest against the Kubernetes schemas it bundles
 //!   (offline, strict: an unknown field fails), and refuses a broken copy;
 //! - the compose nodes, the unit with its environment file and the manifests set the same
@@ -22,6 +24,8 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value as Yaml;
 
+use crate::helpers::postgres::fresh_database;
+use crate::helpers::process::TallyProcess;
 use crate::helpers::root;
 
 const UNIT: &str = "deploy/systemd/tally.service";
@@ -37,8 +41,9 @@ const HAPROXY_CFG: &str = "deploy/haproxy/haproxy.cfg";
 /// milliseconds, a large one after an outage a few statements of `--db-timeout` (5 s) at most.
 const FLUSH_ALLOWANCE: Duration = Duration::from_secs(10);
 
-/// The Kubernetes versions the manifests are validated against: the oldest and the newest
-/// whose schemas kubernetes-validate bundles.
+/// The Kubernetes versions the manifests are validated against: 1.28, the oldest meant (the
+/// StatefulSet's volume retention policy is on by default from 1.27), and the newest whose
+/// schemas kubernetes-validate bundles.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.28.0", "1.37.0"];
 
 // ---------------------------------------------------------------------------------------------
@@ -152,6 +157,137 @@ fn the_unit_runs_tally_as_its_own_user_keeps_its_state_and_outlasts_the_drain() 
         files >= connections + 1_000,
         "{UNIT}: LimitNOFILE {files} leaves too little beside {connections} connections"
     );
+}
+
+/// The sandbox refuses, with EPERM, every system call outside `SystemCallFilter=` and every
+/// socket family outside `RestrictAddressFamilies=`: a node that needed one would fail in
+/// ways no test here could see. So a real node runs under strace (start, requests, flushes,
+/// SIGTERM, final flush) and each call it made must be one the unit allows.
+#[test]
+fn every_system_call_and_socket_family_a_node_uses_is_allowed_by_the_unit() {
+    let service = unit_service_section();
+    let setting = |key: &str| {
+        service
+            .iter()
+            .rfind(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{UNIT}: no {key}="))
+    };
+    let filter = setting("SystemCallFilter");
+    assert!(
+        !filter.contains('~'),
+        "{UNIT}: this test reads SystemCallFilter as an allow list: {filter}"
+    );
+    let mut allowed = BTreeSet::new();
+    for group in filter.split_whitespace() {
+        syscall_group(group, &mut allowed);
+    }
+    assert!(allowed.contains("fdatasync"), "{allowed:?}");
+    let families: BTreeSet<String> = setting("RestrictAddressFamilies")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+
+    let db = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let data_dir = dir.path().join("data");
+    let strace = TallyProcess::start_wrapped(
+        &["strace", "-f", "-qq", "-o", trace.to_str().unwrap()],
+        &data_dir,
+        &["--flush-interval", "100ms"],
+        &[("DATABASE_URL", db.url.as_str())],
+    );
+    let http = reqwest::blocking::Client::new();
+    for path in ["/health", "/ready", "/metrics"] {
+        assert!(
+            http.get(strace.url(path))
+                .send()
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+    for i in 0..20 {
+        let answer = http
+            .post(strace.url("/increment"))
+            .json(&serde_json::json!({"key": format!("k{}", i % 4), "value": 1}))
+            .send()
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // strace's child is Tally: stop it as systemd would, and strace ends with it.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.pid())).unwrap();
+    let tally: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on the pid of a process that strace, our child, has not reaped.
+    assert_eq!(unsafe { libc::kill(tally, libc::SIGTERM) }, 0);
+    let mut strace = strace;
+    assert!(
+        strace.wait(Duration::from_secs(60)).success(),
+        "{}",
+        strace.log()
+    );
+    assert!(
+        strace.log().contains("final flush done"),
+        "{}",
+        strace.log()
+    );
+
+    let trace = std::fs::read_to_string(trace).unwrap();
+    let mut used = BTreeSet::new();
+    for line in trace.lines() {
+        // `PID name(args...) = result`; resumed calls and signals are not new calls.
+        let Some((_, call)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let call = call.trim_start();
+        if let Some((name, _)) = call.split_once('(')
+            && !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            used.insert(name.to_owned());
+        }
+        if let Some(rest) = call.strip_prefix("socket(") {
+            let family = rest.split(',').next().unwrap_or_default();
+            assert!(
+                families.contains(family),
+                "{UNIT}: RestrictAddressFamilies lacks {family}, which the node uses: {line}"
+            );
+        }
+    }
+    assert!(
+        used.contains("fdatasync") && used.contains("accept4"),
+        "{used:?}"
+    );
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "{UNIT}: SystemCallFilter refuses system calls the node makes: {refused:?}"
+    );
+}
+
+/// The system calls of a `SystemCallFilter=` entry: a group (`@name`, expanded by
+/// systemd-analyze, groups within it too) or one call.
+fn syscall_group(entry: &str, into: &mut BTreeSet<String>) {
+    if !entry.starts_with('@') {
+        into.insert(entry.to_owned());
+        return;
+    }
+    let out = systemd_analyze(&["syscall-filter", entry]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let name = line.trim();
+        if name.is_empty() || name.starts_with('#') {
+            continue;
+        }
+        if name.starts_with('@') {
+            syscall_group(name, into);
+        } else {
+            into.insert(name.to_owned());
+        }
+    }
 }
 
 /// The unit with ExecStart pointed at the binary under test, as `DIR/tally.service`.
