@@ -13,6 +13,7 @@ mod api;
 mod cluster;
 mod crash;
 mod deploy;
+mod deploy_files;
 mod disk_faults;
 mod flush;
 mod idempotency;
