@@ -43,7 +43,13 @@ impl Endpoint {
     /// names.
     pub fn parse(s: &str) -> Result<Endpoint, String> {
         let (rest, settings) = tls::split(s)?;
-        let mut config: Config = rest.parse().map_err(|e| format!("{e}"))?;
+        let mut config: Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+            // The cause says which option is wrong; the error's own text does not.
+            match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+        })?;
         let mut mode = settings.effective_mode();
         // As in libpq, a Unix socket never uses TLS.
         if config
@@ -163,20 +169,26 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<DatabaseUrl, clap::Error> {
-        let fail = |why: String| {
-            let name = arg.map_or("the connection string".to_owned(), |a| {
-                a.get_long()
-                    .map_or(a.get_id().to_string(), |l| format!("--{l}"))
-            });
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("invalid value for {name}: {why}\n"),
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        // clap's own wording for a refused value, with the value redacted. The argument goes
+        // in the error's context too, so that the caller can name the environment variable
+        // when the value came from one.
+        let fail = |shown: &str, why: String| {
+            let name = arg.map_or("the connection string".to_owned(), |a| format!("'{a}'"));
+            let mut e = clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value '{shown}' for {name}: {why}\n"),
             )
-            .with_cmd(cmd)
+            .with_cmd(cmd);
+            if let Some(a) = arg {
+                e.insert(ContextKind::InvalidArg, ContextValue::String(a.to_string()));
+            }
+            e
         };
-        let s = value.to_str().ok_or_else(|| fail("not UTF-8".to_owned()))?;
-        s.parse::<DatabaseUrl>()
-            .map_err(|e| fail(format!("'{}' is {e}", redact(s))))
+        let s = value
+            .to_str()
+            .ok_or_else(|| fail("(not UTF-8)", "not UTF-8".to_owned()))?;
+        s.parse::<DatabaseUrl>().map_err(|e| fail(&redact(s), e))
     }
 }
 

@@ -287,18 +287,32 @@ fn usage_errors_say_everything_and_never_a_password() {
 
     let secret = "s3cret-pw";
     let url = format!("postgres://ada:{secret}@db:5432/tally?bogus=1");
-    for (args, envs) in [
-        (vec!["migrate"], vec![("DATABASE_URL", url.as_str())]),
-        (vec!["--database-url", url.as_str()], vec![]),
+    for (args, envs, source) in [
+        (
+            vec!["migrate"],
+            vec![("DATABASE_URL", url.as_str())],
+            "DATABASE_URL: invalid value",
+        ),
+        (
+            vec!["--database-url", url.as_str()],
+            vec![],
+            "invalid value",
+        ),
         (
             vec!["load", "--verify", "--database-url", url.as_str()],
             vec![],
+            "invalid value",
         ),
     ] {
         let (code, text) = run(&args, &envs);
         assert_eq!(code, Some(2), "{text}");
         assert!(text.contains("postgres://ada:***@db:5432/tally"), "{text}");
         assert!(!text.contains(secret), "the password is shown: {text}");
+        assert!(
+            text.starts_with(&format!("tally: {source}")),
+            "{source:?} first: {text}"
+        );
+        assert!(text.contains("for '--database-url <URL>'"), "{text}");
     }
     let good = format!("postgres://ada:{secret}@db:5432/tally");
     let (code, text) = run(&["--help"], &[("DATABASE_URL", good.as_str())]);
