@@ -140,6 +140,21 @@ impl Node {
         shutdown: Shutdown,
     ) -> Result<Node, StartError> {
         let listen = listener.local_addr().map_err(anyhow::Error::from)?;
+        // Bound before anything starts, so that a port in use leaves nothing to stop.
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            addr,
+                            what: " for /metrics",
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let data_dir = DataDir::open(&config.database.data_dir)?;
         let node = data_dir.node_id(config.node_id.as_deref())?;
         let database = Database::open(&config.database, data_dir.path()).await?;
@@ -176,20 +191,6 @@ impl Node {
                 metrics: metrics.clone(),
             })
         });
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Listen {
-                            addr,
-                            what: " for /metrics",
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
         let ctx = Arc::new(ApiContext {
             ingest: writers.ingest,
             readiness,

@@ -626,6 +626,42 @@ fn a_port_in_use_is_refused_like_a_data_directory_in_use() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
+/// The metrics port in use is refused the same way, before the managed PostgreSQL starts: a
+/// refusal leaves nothing running behind it.
+#[test]
+fn a_metrics_port_in_use_is_refused_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tally_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &addr,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    if let Some(pid) = postmaster_pid(dir.path()) {
+        let running = process_is_running(pid);
+        if running {
+            // Stop what the failure left behind before failing.
+            unsafe { libc::kill(pid as i32, libc::SIGQUIT) };
+        }
+        assert!(!running, "the managed PostgreSQL was left running");
+    }
+}
+
 /// `tally --version` names the commit it was built from.
 #[test]
 fn the_version_names_the_commit() {
