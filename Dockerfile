@@ -25,8 +25,10 @@ RUN for lib in service postgres load; do \
  && cargo build --release --locked --package tally-cli \
  && rm -rf crates/*/src
 
-# The crates' sources, with the migrations the service embeds (crates/service/migrations).
+# The crates' sources, with the migrations the service embeds (crates/service/migrations),
+# and the runbooks it serves at /runbook (docs/operations.md).
 COPY crates ./crates
+COPY docs/operations.md ./docs/
 # COPY keeps the files' modification times, which may be older than the empty sources
 # above; touching them makes Cargo rebuild Tally instead of keeping the empty build.
 RUN touch crates/*/src/lib.rs crates/cli/src/main.rs \

@@ -216,6 +216,15 @@ impl Node {
                 durability: config.durability_in_effect(),
             })
             .set(1);
+        // The bounds beside their use (`tally_pending_keys`, `tally_journal_bytes`), so that
+        // alerts and graphs read how near a node is to refusing increments.
+        let bound = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics
+            .pending_keys_limit
+            .set(bound(config.max_pending_keys));
+        metrics
+            .journal_limit_bytes
+            .set(bound(config.max_journal_bytes));
         tracing::info!(
             %listen,
             database = %database.description,

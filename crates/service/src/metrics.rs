@@ -2,6 +2,9 @@
 //! prefix, unit suffixes, `_total` counters, small fixed label sets. `docs/operations.md`
 //! says what each one means.
 //!
+//! Beside them, the process metrics every Prometheus client exports (`process_*`: resident
+//! memory, CPU time, open files), read from the operating system at each scrape.
+//!
 //! Each `App` owns its registry (no process-global recorder), so several apps in one test
 //! binary keep their figures apart. Metrics touched by every request are resolved to their
 //! label set once, at start ([`RouteMetrics`]), so that the request path pays an atomic
@@ -11,10 +14,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -93,18 +97,25 @@ pub struct Metrics {
     pub flushed_rows: Counter,
     /// Keys held in memory waiting for PostgreSQL (set when scraped).
     pub pending_keys: Gauge,
+    /// The bound on those keys, `--max-pending-keys`.
+    pub pending_keys_limit: Gauge,
     /// Bytes of key and delta those keys hold (set when scraped).
     pub pending_bytes: Gauge,
     /// Age of the oldest increment PostgreSQL does not have yet (set when scraped).
     pub oldest_unpersisted_age: Gauge<f64, AtomicU64>,
     /// Bytes of journal on disk (set when scraped).
     pub journal_bytes: Gauge,
+    /// The bound on those bytes, `--max-journal-bytes`.
+    pub journal_limit_bytes: Gauge,
     /// Seconds one journal fdatasync took.
     pub journal_fsync_duration: Histogram,
     /// PostgreSQL pool connections by state, `idle` or `in_use` (set when scraped).
     pub db_pool_connections: Family<StateLabel, Gauge>,
     /// The pool's size limit.
     pub db_pool_max_connections: Gauge,
+    /// Whether the node is ready, by reason: 1 for the reason `/ready` gives now (`ok` when
+    /// ready), 0 for every other one of [`crate::readiness::REASONS`] (set when scraped).
+    pub ready: Family<ReasonLabel, Gauge>,
     /// Always 1; the labels say what runs.
     pub build_info: Family<BuildLabels, Gauge>,
 }
@@ -112,7 +123,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let m = Metrics {
-            registry: Registry::with_prefix("tally"),
+            registry: Registry::default(),
             http_requests: Family::default(),
             http_request_duration: Family::new_with_constructor(|| {
                 // 50 µs to about 3 s: from a buffered increment to a slow sync request.
@@ -132,12 +143,15 @@ impl Default for Metrics {
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushed_rows: Counter::default(),
             pending_keys: Gauge::default(),
+            pending_keys_limit: Gauge::default(),
             pending_bytes: Gauge::default(),
             oldest_unpersisted_age: Gauge::default(),
             journal_bytes: Gauge::default(),
+            journal_limit_bytes: Gauge::default(),
             journal_fsync_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             db_pool_connections: Family::default(),
             db_pool_max_connections: Gauge::default(),
+            ready: Family::default(),
             build_info: Family::default(),
         };
         m.register_all()
@@ -146,7 +160,8 @@ impl Default for Metrics {
 
 impl Metrics {
     fn register_all(mut self) -> Self {
-        let r = &mut self.registry;
+        self.registry.register_collector(Box::new(ProcessMetrics));
+        let r = self.registry.sub_registry_with_prefix("tally");
         r.register(
             "http_requests",
             "HTTP requests answered, by route and status",
@@ -229,6 +244,11 @@ impl Metrics {
             "Keys held in memory waiting for PostgreSQL",
             self.pending_keys.clone(),
         );
+        r.register(
+            "pending_keys_limit",
+            "The bound on keys held in memory (--max-pending-keys); past it new keys are refused",
+            self.pending_keys_limit.clone(),
+        );
         r.register_with_unit(
             "pending",
             "Bytes of keys and deltas held in memory waiting for PostgreSQL",
@@ -248,6 +268,12 @@ impl Metrics {
             self.journal_bytes.clone(),
         );
         r.register_with_unit(
+            "journal_limit",
+            "The bound on journal bytes (--max-journal-bytes); past it increments are refused",
+            Unit::Bytes,
+            self.journal_limit_bytes.clone(),
+        );
+        r.register_with_unit(
             "journal_fsync_duration",
             "Duration of one journal fdatasync (one per group of requests)",
             Unit::Seconds,
@@ -262,6 +288,11 @@ impl Metrics {
             "db_pool_max_connections",
             "Most connections the PostgreSQL pool opens",
             self.db_pool_max_connections.clone(),
+        );
+        r.register(
+            "ready",
+            "1 for the reason GET /ready gives now (ok when ready), 0 for the others",
+            self.ready.clone(),
         );
         r.register(
             "build_info",
@@ -284,6 +315,15 @@ impl Metrics {
         self.flush_duration.observe(seconds);
     }
 
+    /// Records why the node is (not) ready: `reason` is 1, every other reason 0.
+    pub fn set_ready(&self, reason: &'static str) {
+        for r in crate::readiness::REASONS {
+            self.ready
+                .get_or_create(&ReasonLabel { reason: r })
+                .set(i64::from(r == reason));
+        }
+    }
+
     /// The handles of one route, resolved once so that recording costs no label lookup.
     pub fn route(&self, route: &'static str) -> RouteMetrics {
         RouteMetrics {
@@ -302,6 +342,73 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The process metrics of the Prometheus conventions, read from `/proc` at each scrape by the
+/// `metrics-process` crate (the same figures as Go's and Java's clients give). A figure the
+/// system does not give is left out rather than exported as 0; so is an unlimited file limit,
+/// so that a ratio of open to allowed files is never a division by zero.
+#[derive(Debug)]
+struct ProcessMetrics;
+
+impl Collector for ProcessMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = metrics_process::collector::collect();
+        if let Some(seconds) = m.cpu_seconds_total {
+            let c = ConstCounter::new(seconds);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds",
+                Some(&Unit::Seconds),
+                c.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                Some(Unit::Bytes),
+                m.resident_memory_bytes,
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size in bytes",
+                Some(Unit::Bytes),
+                m.virtual_memory_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                m.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                m.max_fds.filter(|n| *n > 0),
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                None,
+                m.threads,
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since unix epoch in seconds",
+                Some(Unit::Seconds),
+                m.start_time_seconds,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            if let Some(value) = value {
+                let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
+            }
+        }
+        Ok(())
     }
 }
 

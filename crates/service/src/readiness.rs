@@ -16,6 +16,18 @@ pub const FRESHNESS_BOUND: Duration = Duration::from_secs(10);
 /// How long a database check may take before it counts as a failure.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Every reason `tally_ready` names: `ok` (ready), then each of [`NotReady`]'s, in the order
+/// [`Readiness::check`] tries them (the first that holds is the one given).
+pub const REASONS: [&str; 7] = [
+    "ok",
+    "shutting_down",
+    "journal_failed",
+    "journal_full",
+    "pending_keys_full",
+    "stale",
+    "database_unavailable",
+];
+
 /// Why the node is not ready.
 #[derive(Debug, thiserror::Error)]
 pub enum NotReady {
@@ -35,6 +47,21 @@ pub enum NotReady {
     PendingFull,
     #[error("the oldest unpersisted increment is {:.1}s old (bound: {}s)", .0.as_secs_f64(), FRESHNESS_BOUND.as_secs())]
     Stale(Duration),
+}
+
+impl NotReady {
+    /// The reason as `tally_ready` labels it. `/ready`'s error code says `overloaded` for
+    /// both bounds; the metric tells them apart, since each has its own alert.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NotReady::ShuttingDown => "shutting_down",
+            NotReady::Database(_) => "database_unavailable",
+            NotReady::JournalFailed => "journal_failed",
+            NotReady::JournalFull { .. } => "journal_full",
+            NotReady::PendingFull => "pending_keys_full",
+            NotReady::Stale(_) => "stale",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -98,5 +125,29 @@ impl Readiness {
                 PING_TIMEOUT.as_secs()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_named_once_in_reasons() {
+        let all = [
+            NotReady::ShuttingDown,
+            NotReady::JournalFailed,
+            NotReady::JournalFull { bytes: 2, max: 1 },
+            NotReady::PendingFull,
+            NotReady::Stale(Duration::from_secs(11)),
+            NotReady::Database("down".into()),
+        ];
+        let named: Vec<&str> = std::iter::once("ok")
+            .chain(all.iter().map(NotReady::reason))
+            .collect();
+        assert_eq!(
+            named, REASONS,
+            "REASONS lists each reason once, in check order"
+        );
     }
 }

@@ -101,6 +101,7 @@ async fn with_auth_required_only_valid_credentials_count() {
         "/metrics",
         "/api/health",
         "/openapi.json",
+        "/runbook",
     ] {
         let r = anonymous.get(app.url(open)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{open} stays open");

@@ -443,6 +443,28 @@ async fn health_ready_metrics_answer() {
         text.contains("tally_oldest_unpersisted_increment_age_seconds"),
         "{text}"
     );
+    // The bounds beside their use, at their defaults, and the readiness /ready just gave.
+    for line in [
+        "tally_pending_keys_limit 10000000",
+        "tally_journal_limit_bytes 4294967296",
+        "tally_ready{reason=\"ok\"} 1",
+        "tally_ready{reason=\"database_unavailable\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    // The process metrics, read from the system: this process has files open and memory.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    let (open, max) = (value("process_open_fds"), value("process_max_fds"));
+    assert!(open > 0.0 && open <= max, "{open} of {max} files");
+    assert!(value("process_threads") >= 1.0);
 }
 
 #[tokio::test]
@@ -627,7 +649,8 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
             "/items/{tenant}/count",
             "/metrics",
             "/openapi.json",
-            "/ready"
+            "/ready",
+            "/runbook"
         ]
     );
     for (path, ops) in paths {

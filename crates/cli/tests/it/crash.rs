@@ -556,6 +556,19 @@ async fn the_pending_key_bound_answers_503_and_recovers_by_itself() {
     assert_eq!(r.headers()["retry-after"], "1");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "overloaded");
+    // The metrics show the bound beside its use, and why the node is not ready.
+    let metrics = app.metrics().await;
+    for line in [
+        "tally_pending_keys 100",
+        "tally_pending_keys_limit 100",
+        "tally_ready{reason=\"pending_keys_full\"} 1",
+        "tally_ready{reason=\"ok\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}`:\n{metrics}"
+        );
+    }
 
     cluster.start_again().unwrap();
     app.wait_for_totals("the drained buffer", |t| t.len() == 100)
@@ -565,6 +578,11 @@ async fn the_pending_key_bound_answers_503_and_recovers_by_itself() {
         assert!(Instant::now() < deadline, "new keys are accepted again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "tally_ready{reason=\"ok\"} 1"),
+        "ready again:\n{metrics}"
+    );
     app.stop().await.unwrap();
     let totals = db_totals(&db).await;
     assert_eq!(totals.len(), 101);
@@ -604,6 +622,19 @@ async fn the_journal_bound_answers_503_and_recovers_by_itself() {
     };
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "1");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tally_journal_limit_bytes 1048576"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tally_ready{reason=\"journal_full\"} 1"),
+        "{metrics}"
+    );
 
     cluster.start_again().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -7,14 +7,17 @@
 //! - promtool checks the Prometheus config and the alert rules and runs the rules' unit tests;
 //! - every metric and label that the dashboard and the alerts name appears in the `/metrics` of
 //!   a real node, and the dashboard shows every metric Tally exports;
-//! - a real Prometheus scrapes a real node with the stack's relabelling and alert rules: every
-//!   dashboard query returns data and every rule evaluates without error;
+//! - a real Prometheus scrapes a real node, HAProxy in front of it and postgres_exporter on its
+//!   database with the stack's jobs, relabelling and alert rules: every dashboard query returns
+//!   data and every rule evaluates without error;
+//! - every alert links to a section of the runbooks that a real node serves;
 //! - the compose file agrees with haproxy.cfg, prometheus.yml and the Grafana provisioning, and
 //!   `docker compose config` validates it where the compose plugin is installed;
 //! - the Dockerfile has the expected shape, and its HEALTHCHECK command is run against a node.
 //!
-//! `haproxy`, `promtool` and `prometheus` come from Debian's `haproxy` and `prometheus`
-//! packages, which scripts/test installs; a test that misses one fails and says so.
+//! `haproxy`, `promtool`, `prometheus` and `prometheus-postgres-exporter` come from Debian's
+//! packages of those names (`promtool` from `prometheus`), which scripts/test installs; a test
+//! that misses one fails and says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
@@ -27,7 +30,7 @@ use serde_yaml_ng::Value as Yaml;
 
 use crate::helpers::app::TestApp;
 use crate::helpers::promql::{
-    grouping_labels, label_replace_targets, label_value, parse_matchers, read_braces,
+    grouping_labels, label_replace_targets, label_value, parse_matchers, read_braces, selectors,
     tally_selectors,
 };
 use crate::helpers::root;
@@ -247,7 +250,7 @@ fn every_alert_has_a_runbook_and_a_test_that_fires_it_beside_series_that_do_not(
         alerts.len()
     );
     let tests = yaml(ALERT_TESTS_YML);
-    let runbook = std::fs::read_to_string(root().join("docs/operations.md")).ok();
+    let runbook = read(RUNBOOK);
     for rule in &alerts {
         let name = str_at(rule, &["alert"]);
         let severity = str_at(rule, &["labels", "severity"]);
@@ -264,16 +267,13 @@ fn every_alert_has_a_runbook_and_a_test_that_fires_it_beside_series_that_do_not(
         let anchor = name.to_lowercase();
         assert_eq!(
             str_at(rule, &["annotations", "runbook_url"]),
-            format!("docs/operations.md#{anchor}"),
+            format!("{{{{ $externalLabels.runbooks }}}}#{anchor}"),
             "{name}: runbook_url"
         );
-        // Once the runbook exists, each link must land on a heading of it.
-        if let Some(runbook) = &runbook {
-            assert!(
-                has_anchor(runbook, &anchor),
-                "docs/operations.md has no heading for #{anchor} ({name})"
-            );
-        }
+        assert!(
+            has_anchor(&runbook, &anchor),
+            "{RUNBOOK} has no heading for #{anchor} ({name})"
+        );
         // A test where the alert fires for some instances while others have series too.
         let fires_beside_quiet_series = seq(&tests, "tests").iter().any(|test| {
             let instances: BTreeSet<String> = seq(test, "input_series")
@@ -294,6 +294,76 @@ fn every_alert_has_a_runbook_and_a_test_that_fires_it_beside_series_that_do_not(
         assert!(
             fires_beside_quiet_series,
             "{ALERT_TESTS_YML} has no test where {name} fires for one series and not for another"
+        );
+    }
+    // The unit tests expand the links as Prometheus does, from the same base.
+    let base = runbooks_base();
+    for test in seq(&tests, "tests") {
+        assert_eq!(
+            str_at(test, &["external_labels", "runbooks"]),
+            base,
+            "{ALERT_TESTS_YML}: test `{}` links elsewhere than {PROMETHEUS_YML}",
+            str_at(test, &["name"])
+        );
+    }
+}
+
+const RUNBOOK: &str = "docs/operations.md";
+
+/// Where the alerts' runbook links start: the external label `runbooks` of prometheus.yml.
+fn runbooks_base() -> String {
+    str_at(
+        &yaml(PROMETHEUS_YML),
+        &["global", "external_labels", "runbooks"],
+    )
+    .to_owned()
+}
+
+#[tokio::test]
+async fn every_alert_links_to_its_runbook_section_on_a_node() {
+    // The stack's link goes through the balancer on the Docker host; each node serves the
+    // same page, so the test asks a node the same path.
+    let base = reqwest::Url::parse(&runbooks_base()).expect("runbooks is a URL");
+    assert!(
+        ["http", "https"].contains(&base.scheme()) && base.host_str().is_some(),
+        "{PROMETHEUS_YML}: runbooks must be an absolute http(s) URL: {base}"
+    );
+    let compose = compose();
+    let published = str_seq(service(&compose, "haproxy"), "ports");
+    let port = base.port_or_known_default().unwrap();
+    assert!(
+        published
+            .iter()
+            .any(|p| p.ends_with(&format!("{port}:3333"))),
+        "{base}: no service of {COMPOSE} is published on port {port}: {published:?}"
+    );
+
+    let app = TestApp::spawn_with(&["--auth", "required"]).await;
+    let anonymous = reqwest::Client::new();
+    let page = anonymous
+        .get(app.url(base.path()))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(page.status(), StatusCode::OK, "GET {}", base.path());
+    let kind = page.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(kind.starts_with("text/html"), "{kind}");
+    let html = page.text().await.unwrap();
+    for rule in alert_rules() {
+        let name = str_at(&rule, &["alert"]);
+        let link = str_at(&rule, &["annotations", "runbook_url"])
+            .replace("{{ $externalLabels.runbooks }}", base.as_str());
+        let link = reqwest::Url::parse(&link).unwrap_or_else(|e| panic!("{name}: {link}: {e}"));
+        assert_eq!(link.path(), base.path(), "{name}: {link}");
+        let anchor = link
+            .fragment()
+            .unwrap_or_else(|| panic!("{name}: {link} has no #"));
+        assert!(
+            html.contains(&format!("<h3 id=\"{anchor}\">{name}</h3>")),
+            "{name}: the page at {link} has no section #{anchor}"
         );
     }
 }
@@ -328,6 +398,13 @@ fn alert_rules() -> Vec<Yaml> {
 // ---------------------------------------------------------------------------------------------
 // The dashboard
 
+/// The rows of the dashboard that show what Tally's nodes depend on, each with the prefix of
+/// its exporter's metrics and the template variable that selects its instances.
+const DEPENDENCY_ROWS: &[(&str, &str, &str)] = &[
+    ("PostgreSQL", "pg_", "$postgres"),
+    ("HAProxy", "haproxy_", "$haproxy"),
+];
+
 #[test]
 fn the_dashboard_is_provisioned_and_every_panel_queries_the_selected_nodes() {
     let dashboard = dashboard();
@@ -336,23 +413,52 @@ fn the_dashboard_is_provisioned_and_every_panel_queries_the_selected_nodes() {
         dashboard["schemaVersion"].as_u64().unwrap() >= 36,
         "schemaVersion"
     );
-    let datasource_uid = str_at(&seq(&yaml(DATASOURCES), "datasources")[0], &["uid"]).to_owned();
+    // The data source is a variable, so that the dashboard imports into any Grafana; the
+    // stack's provisioned Prometheus is its default there.
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("a `{name}` template variable"))
+    };
+    let source = variable("datasource");
+    assert_eq!(source["type"], "datasource");
+    assert_eq!(source["query"], "prometheus");
+    assert_eq!(
+        variables[0]["name"], "datasource",
+        "the data source comes first: the other variables query it"
+    );
+    assert_eq!(
+        seq(&yaml(DATASOURCES), "datasources")[0]["isDefault"],
+        Yaml::Bool(true),
+        "{DATASOURCES}: the stack's Prometheus is the default data source"
+    );
+    const SOURCE: &str = "${datasource}";
 
-    let node = dashboard["templating"]["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "node")
-        .expect("a `node` template variable");
+    let node = variable("node");
     assert_eq!(
         node["query"]["query"],
         "label_values(tally_build_info, instance)"
     );
-    assert_eq!(node["datasource"]["uid"], datasource_uid.as_str());
+    for (_, prefix, var) in DEPENDENCY_ROWS {
+        let v = variable(var.trim_start_matches('$'));
+        let query = v["query"]["query"].as_str().unwrap();
+        assert!(
+            query.starts_with(&format!("label_values({prefix}")) && query.ends_with(", instance)"),
+            "{var}: {query}"
+        );
+    }
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(v["datasource"]["uid"], SOURCE, "variable {}", v["name"]);
+    }
 
     let panels = dashboard["panels"].as_array().unwrap();
     let mut ids = BTreeSet::new();
     let mut areas: Vec<(String, [u64; 4])> = Vec::new();
+    // The row a panel is in: the last row above it (panels are listed top to bottom).
+    let mut current_row = String::new();
+    let mut rows = Vec::new();
     for panel in panels {
         let title = panel["title"].as_str().unwrap_or_default();
         assert!(!title.is_empty(), "a panel without a title: {panel}");
@@ -368,42 +474,54 @@ fn the_dashboard_is_provisioned_and_every_panel_queries_the_selected_nodes() {
             let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
             assert!(!overlap, "panels `{title}` and `{other}` overlap");
         }
+        if let Some((_, [_, last_y, _, _])) = areas.last() {
+            assert!(*last_y <= y, "`{title}` is listed after a panel below it");
+        }
         areas.push((title.to_owned(), [x, y, w, h]));
         if panel["type"] == "row" {
+            current_row = title.to_owned();
+            rows.push(current_row.clone());
             continue;
         }
-        assert_eq!(
-            panel["datasource"]["uid"],
-            datasource_uid.as_str(),
-            "{title}: data source"
-        );
+        assert_eq!(panel["datasource"]["uid"], SOURCE, "{title}: data source");
         let targets = panel["targets"]
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
         assert!(!targets.is_empty(), "{title}: no query");
+        // A panel of a dependency's row reads its exporter's metrics, for the instances its
+        // variable selects; any other panel reads a node's, for the selected nodes.
+        let (prefixes, var): (Vec<&str>, &str) = match DEPENDENCY_ROWS
+            .iter()
+            .find(|(row, _, _)| current_row.starts_with(row))
+        {
+            Some((_, prefix, var)) => (vec![prefix], var),
+            None => (crate::helpers::promql::NODE_METRICS.to_vec(), "$node"),
+        };
         for target in targets {
             let expr = target["expr"].as_str().unwrap_or_default();
             assert!(!expr.trim().is_empty(), "{title}: an empty query");
-            assert_eq!(
-                target["datasource"]["uid"],
-                datasource_uid.as_str(),
-                "{title}: data source"
-            );
-            let selectors = tally_selectors(expr);
+            assert_eq!(target["datasource"]["uid"], SOURCE, "{title}: data source");
+            let selectors = selectors(expr, &prefixes);
             assert!(
                 !selectors.is_empty(),
-                "{title}: `{expr}` reads no Tally metric"
+                "{title}: `{expr}` reads none of {prefixes:?}"
             );
             for s in selectors {
                 assert!(
                     s.matchers
-                        .contains(&("instance".into(), "=~".into(), "$node".into())),
-                    "{title}: {} ignores the node selection in `{expr}`",
+                        .contains(&("instance".into(), "=~".into(), var.to_string())),
+                    "{title}: {} ignores the selection {var} in `{expr}`",
                     s.metric
                 );
             }
         }
+    }
+    for (row, _, _) in DEPENDENCY_ROWS {
+        assert!(
+            rows.iter().any(|r| r.starts_with(row)),
+            "no row for {row}: {rows:?}"
+        );
     }
 
     // Freshness is drawn against its 10 s bound.
@@ -483,6 +601,11 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_and_labels_a_node_export
     }));
     let mut used = BTreeSet::new();
     for (what, expr) in &queries {
+        // The PostgreSQL and HAProxy panels read their exporters' metrics, which the real
+        // Prometheus test below checks against the exporters themselves.
+        if tally_selectors(expr).is_empty() {
+            continue;
+        }
         for s in tally_selectors(expr) {
             let labels = exposition.samples.get(&s.metric).unwrap_or_else(|| {
                 panic!(
@@ -536,7 +659,12 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_and_labels_a_node_export
 async fn a_real_prometheus_scraping_a_node_answers_every_dashboard_query_and_evaluates_every_rule()
 {
     let app = node_to_exercise().await;
-    let prometheus = Prometheus::start(app.addr.port());
+    let exporters = Dependencies::start(&app);
+    let prometheus = Prometheus::start(&[
+        ("tally", app.addr.port()),
+        ("haproxy", exporters.haproxy_port),
+        ("postgres", exporters.postgres_port),
+    ]);
     let http = reqwest::Client::new();
 
     // The stack's relabelling names the node by host alone, and the `node` variable lists it.
@@ -626,8 +754,99 @@ async fn a_real_prometheus_scraping_a_node_answers_every_dashboard_query_and_eva
     }
 }
 
-/// A Prometheus server, from Debian's package, scraping one node every second with the tally
-/// job of prometheus.yml (its relabelling included) and the stack's alert rules.
+/// What a node depends on, with the exporters the stack scrapes: HAProxy in front of the node
+/// with its own Prometheus exporter (served as in haproxy.cfg), and postgres_exporter on the
+/// node's database (Debian's `prometheus-postgres-exporter`).
+struct Dependencies {
+    haproxy: Child,
+    postgres: Child,
+    haproxy_port: u16,
+    postgres_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dependencies {
+    fn start(app: &TestApp) -> Dependencies {
+        // The stack serves HAProxy's metrics this way, on the port its haproxy job scrapes.
+        let stats = HaproxyConfig::parse(&read(HAPROXY_CFG));
+        let exporter = "http-request use-service prometheus-exporter if { path /metrics }";
+        assert!(
+            stats
+                .section("frontend stats")
+                .iter()
+                .any(|d| d == exporter),
+            "{HAPROXY_CFG}: the stats frontend does not serve /metrics"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (front, haproxy_port) = (free_port(), free_port());
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
+                 frontend tally\n  bind 127.0.0.1:{front}\n  default_backend tally\n\
+                 backend tally\n  option httpchk GET /ready\n  server node {} check inter 1s\n\
+                 frontend stats\n  bind 127.0.0.1:{haproxy_port}\n  {exporter}\n",
+                app.addr
+            ),
+        )
+        .unwrap();
+        let haproxy = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| missing_program("haproxy", e));
+
+        let config = app.db.config();
+        let mut dsn = String::from("sslmode=disable");
+        match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => dsn += &format!(" host={host}"),
+            tokio_postgres::config::Host::Unix(dir) => dsn += &format!(" host={}", dir.display()),
+        }
+        if let Some(port) = config.get_ports().first() {
+            dsn += &format!(" port={port}");
+        }
+        if let Some(user) = config.get_user() {
+            dsn += &format!(" user={user}");
+        }
+        if let Some(password) = config.get_password() {
+            dsn += &format!(" password={}", String::from_utf8_lossy(password));
+        }
+        if let Some(db) = config.get_dbname() {
+            dsn += &format!(" dbname={db}");
+        }
+        let postgres_port = free_port();
+        let postgres = Command::new("prometheus-postgres-exporter")
+            .arg(format!("--web.listen-address=127.0.0.1:{postgres_port}"))
+            .env("DATA_SOURCE_NAME", dsn)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| missing_program("prometheus-postgres-exporter", e));
+        Dependencies {
+            haproxy,
+            postgres,
+            haproxy_port,
+            postgres_port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Dependencies {
+    fn drop(&mut self) {
+        for child in [&mut self.haproxy, &mut self.postgres] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Prometheus server, from Debian's package, scraping every second with the jobs of
+/// prometheus.yml (the tally job's relabelling included), each on the target given, and the
+/// stack's alert rules.
 struct Prometheus {
     child: Child,
     url: String,
@@ -635,16 +854,23 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(node_port: u16) -> Prometheus {
+    fn start(targets: &[(&str, u16)]) -> Prometheus {
         let mut config = yaml(PROMETHEUS_YML);
-        let mut job = seq(&config, "scrape_configs")
+        let jobs = targets
             .iter()
-            .find(|j| str_at(j, &["job_name"]) == "tally")
-            .expect("a tally scrape job")
-            .clone();
-        job["static_configs"] =
-            serde_yaml_ng::from_str(&format!("[{{targets: ['127.0.0.1:{node_port}']}}]")).unwrap();
-        config["scrape_configs"] = Yaml::Sequence(vec![job]);
+            .map(|(name, port)| {
+                let mut job = seq(&config, "scrape_configs")
+                    .iter()
+                    .find(|j| str_at(j, &["job_name"]) == *name)
+                    .unwrap_or_else(|| panic!("a {name} scrape job"))
+                    .clone();
+                job["static_configs"] =
+                    serde_yaml_ng::from_str(&format!("[{{targets: ['127.0.0.1:{port}']}}]"))
+                        .unwrap();
+                job
+            })
+            .collect();
+        config["scrape_configs"] = Yaml::Sequence(jobs);
         config["global"]["scrape_interval"] = "1s".into();
         config["global"]["scrape_timeout"] = "1s".into();
         config["global"]["evaluation_interval"] = "1s".into();
@@ -746,19 +972,24 @@ fn dashboard_queries() -> Vec<(String, String)> {
                 .split(',')
                 .next()
                 .unwrap();
-            queries.push((
-                format!("variable {}", v["name"]),
-                format!("{metric}{{instance=~\"$node\"}}"),
-            ));
+            let query = if v["name"] == "node" {
+                format!("{metric}{{instance=~\"$node\"}}")
+            } else {
+                metric.to_owned()
+            };
+            queries.push((format!("variable {}", v["name"]), query));
         }
     }
     queries
 }
 
-/// A dashboard query as Prometheus takes it: Grafana's variables replaced, `$node` by `node`.
+/// A dashboard query as Prometheus takes it: Grafana's variables replaced, `$node` by `node`,
+/// the exporters' instances by any.
 fn promql(expr: &str, node: &str) -> String {
     expr.replace("$__rate_interval", "10s")
         .replace("$node", node)
+        .replace("$postgres", ".*")
+        .replace("$haproxy", ".*")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1186,12 +1417,12 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_a_non_root_user() {
             .any(|i| i.contains("cargo build --release --locked"))
     );
     // The sources the build reads: the workspace's manifests and its crates, among them the
-    // service's migrations, which it embeds.
+    // service's migrations, which it embeds, and the runbooks it serves.
     let copied: Vec<&str> = build
         .iter()
         .filter_map(|i| i.strip_prefix("COPY "))
         .collect();
-    for needed in ["Cargo.toml", "Cargo.lock", "crates"] {
+    for needed in ["Cargo.toml", "Cargo.lock", "crates", "docs/operations.md"] {
         assert!(
             copied.iter().any(|c| c
                 .split(' ')
@@ -1246,6 +1477,12 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_a_non_root_user() {
             ".dockerignore leaves out {needed}, which the build needs"
         );
     }
+    // docs/ stays out but for the runbooks, let back in after every pattern that drops them.
+    assert_eq!(
+        ignored.last().map(String::as_str),
+        Some("!docs/operations.md"),
+        ".dockerignore must let docs/operations.md in, last"
+    );
 }
 
 #[tokio::test]
@@ -1358,10 +1595,9 @@ fn run(program: &str, args: &[&str]) -> Output {
 
 fn missing_program(program: &str, e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::NotFound {
-        let package = if program == "haproxy" {
-            "haproxy"
-        } else {
-            "prometheus"
+        let package = match program {
+            "haproxy" | "prometheus-postgres-exporter" => program,
+            _ => "prometheus",
         };
         panic!(
             "`{program}` is not installed: run scripts/test, which installs it (Debian package `{package}`)"

@@ -28,6 +28,10 @@ pub(crate) async fn metrics(State(ctx): State<Arc<ApiContext>>) -> impl IntoResp
     if let Some(journal) = ctx.ingest.journal() {
         m.journal_bytes.set(journal.bytes() as i64);
     }
+    // The same check as GET /ready, so that the metric says what the balancer sees even
+    // where nothing polls /ready. It pings PostgreSQL, for at most 2 s.
+    let readiness = ctx.readiness.check().await;
+    m.set_ready(readiness.as_ref().map_or_else(|r| r.reason(), |()| "ok"));
     let pool = ctx.ingest.storage().pool_status();
     m.db_pool_max_connections.set(pool.max_size as i64);
     for (state, n) in [

@@ -18,6 +18,7 @@ mod metrics;
 pub mod observe;
 mod openapi;
 mod route;
+mod runbook;
 pub mod server;
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ fn routes() -> impl Iterator<Item = &'static Route> {
         health::ROUTES,
         metrics::ROUTES,
         openapi::ROUTES,
+        runbook::ROUTES,
     ]
     .into_iter()
     .flatten()

@@ -45,6 +45,7 @@ use crate::increment::KeyFormat;
         super::health::health,
         super::health::ready,
         super::metrics::metrics,
+        super::runbook::runbook,
         spec,
     ),
     modifiers(&Security, &Headers, &Aliases),
@@ -59,7 +60,7 @@ use crate::increment::KeyFormat;
         (name = "counting", description = "Increments and totals"),
         (name = "items", description = "Distinct items per tenant"),
         (name = "accounts", description = "Users, sessions and API keys (see --auth)"),
-        (name = "operations", description = "Probes, metrics and this document: never behind auth or a rate limit"),
+        (name = "operations", description = "Probes, metrics, the runbooks and this document: never behind auth or a rate limit"),
     )
 )]
 struct ApiDoc;

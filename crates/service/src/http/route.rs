@@ -9,7 +9,7 @@ use axum::routing::MethodRouter;
 
 use super::context::ApiContext;
 
-/// The probes, the metrics and the API's description: never behind auth, never rate limited,
+/// The probes, the metrics, the API's description and the runbooks: never behind auth, never rate limited,
 /// never refused for the in-flight limit, so that load balancers and monitoring always reach
 /// them.
 pub const OPEN_PATHS: &[&str] = &[
@@ -18,6 +18,7 @@ pub const OPEN_PATHS: &[&str] = &[
     "/ready",
     "/metrics",
     "/openapi.json",
+    "/runbook",
 ];
 
 /// One path and what answers on it.

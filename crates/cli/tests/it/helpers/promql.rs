@@ -2,15 +2,15 @@
 //! query of the dashboard or of the alert rules names, so that the deployment tests can check
 //! them against what a real node exports (`deploy` area).
 //!
-//! It is not a parser of the language: it scans the text for `tally_*` names, their `{...}`
-//! matchers, `by (...)` clauses and `label_replace` calls, which is what the queries of
-//! `deploy/` are made of. A matcher it cannot read (an unclosed brace, an unquoted value)
+//! It is not a parser of the language: it scans the text for metric names by prefix (`tally_`,
+//! `process_`, `pg_`, `haproxy_`), their `{...}` matchers, `by (...)` clauses and
+//! `label_replace` calls, which is what the queries of `deploy/` are made of. A matcher it cannot read (an unclosed brace, an unquoted value)
 //! panics; other constructs (`without`, `on`, `ignoring`) are skipped, not checked. The
 //! matcher reader also reads the labels of a `/metrics` exposition, written the same way.
 
 use std::collections::BTreeSet;
 
-/// A selector of a Tally metric in a query: `tally_x{label op "value", ...}`.
+/// A selector of a metric in a query: `tally_x{label op "value", ...}`.
 #[derive(Debug)]
 pub struct Selector {
     pub metric: String,
@@ -23,11 +23,25 @@ fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == ':'
 }
 
-/// Every selector of a `tally_*` metric in `expr`.
+/// The prefixes of the metrics a Tally node exports: its own, and the process metrics.
+pub const NODE_METRICS: &[&str] = &["tally_", "process_"];
+
+/// Every selector in `expr` of a metric a Tally node exports ([`NODE_METRICS`]).
 pub fn tally_selectors(expr: &str) -> Vec<Selector> {
+    selectors(expr, NODE_METRICS)
+}
+
+/// Every selector in `expr` of a metric whose name starts with one of `prefixes`.
+pub fn selectors(expr: &str, prefixes: &[&str]) -> Vec<Selector> {
     let mut found = Vec::new();
     let mut i = 0;
-    while let Some(at) = expr[i..].find("tally_").map(|p| p + i) {
+    let next = |from: usize| {
+        prefixes
+            .iter()
+            .filter_map(|p| expr[from..].find(p).map(|at| at + from))
+            .min()
+    };
+    while let Some(at) = next(i) {
         let starts_word = expr[..at].chars().next_back().is_none_or(|c| !is_ident(c));
         let end = expr[at..]
             .find(|c| !is_ident(c))
