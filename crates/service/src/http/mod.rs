@@ -7,6 +7,7 @@
 pub mod access;
 mod accounts;
 pub mod body;
+mod console;
 mod context;
 mod counters;
 pub mod error;
@@ -47,6 +48,7 @@ pub fn app(ctx: Arc<ApiContext>, serving: Serving) -> observe::Observe<Router> {
         serving.access_log,
         serving.max_in_flight,
         routes(),
+        ctx.requests_answered.clone(),
     ));
     let mut router = router(ctx, serving.metrics_here);
     if let Some(guard) = serving.guard {
@@ -76,6 +78,7 @@ fn routes() -> impl Iterator<Item = &'static Route> {
         health::ROUTES,
         metrics::ROUTES,
         openapi::ROUTES,
+        console::ROUTES,
     ]
     .into_iter()
     .flatten()

@@ -46,6 +46,10 @@ use crate::increment::KeyFormat;
         super::health::ready,
         super::metrics::metrics,
         spec,
+        super::console::page,
+        super::console::script,
+        super::console::style,
+        super::console::status,
     ),
     modifiers(&Security, &Headers, &Aliases),
     components(schemas(
@@ -60,6 +64,7 @@ use crate::increment::KeyFormat;
         (name = "items", description = "Distinct items per tenant"),
         (name = "accounts", description = "Users, sessions and API keys (see --auth)"),
         (name = "operations", description = "Probes, metrics and this document: never behind auth or a rate limit"),
+        (name = "console", description = "The console page at / (its files are open; its data, GET /console/status, is a read like the others)"),
     )
 )]
 struct ApiDoc;

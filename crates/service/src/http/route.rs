@@ -9,15 +9,19 @@ use axum::routing::MethodRouter;
 
 use super::context::ApiContext;
 
-/// The probes, the metrics and the API's description: never behind auth, never rate limited,
-/// never refused for the in-flight limit, so that load balancers and monitoring always reach
-/// them.
+/// The probes, the metrics, the API's description and the console's static files: never
+/// behind auth, never rate limited, never refused for the in-flight limit, so that load
+/// balancers and monitoring always reach them, and a browser can load the console before it
+/// has credentials (the files hold no data; the console's data route is not open).
 pub const OPEN_PATHS: &[&str] = &[
     "/health",
     "/api/health",
     "/ready",
     "/metrics",
     "/openapi.json",
+    "/",
+    "/console.js",
+    "/console.css",
 ];
 
 /// One path and what answers on it.
