@@ -248,6 +248,42 @@ async fn with_auth_required_the_page_is_open_and_its_data_needs_credentials() {
         .find(|s| s["name"] == "auth")
         .unwrap();
     assert_eq!(auth["value"], "required");
+
+    // In a browser without a session, the page asks for a key, and shows the figures once it
+    // has one.
+    let r = browser.post(app.url("/api/keys")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut page = Browser::start(1000, 800).await;
+    page.open(&app.url("/")).await;
+    page.wait_for(
+        "the page to ask for credentials",
+        "!document.getElementById('credentials').hidden",
+    )
+    .await;
+    assert_eq!(
+        page.text("increments").await,
+        "–",
+        "no figures without a key"
+    );
+    page.type_into("key-input", &key).await;
+    page.eval("document.querySelector('#key-form button').click()")
+        .await;
+    page.wait_for(
+        "the figures, read with the key",
+        "document.getElementById('increments').textContent === '0' && \
+         document.getElementById('credentials').hidden",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('key-input').value")
+            .await,
+        json!(""),
+        "the key is not left in the form"
+    );
 }
 
 #[tokio::test]
