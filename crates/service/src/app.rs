@@ -34,6 +34,7 @@ use crate::journal::{Journal, JournalOptions};
 use crate::metrics::Metrics;
 use crate::node::{DataDir, NodeId};
 use crate::pending::{Unpersisted, Unwritten};
+use crate::profile::Profile;
 use crate::readiness::Readiness;
 use crate::recovery;
 use crate::shutdown::Shutdown;
@@ -206,6 +207,8 @@ impl Node {
             ),
             accounts,
             secure_cookies: !config.insecure_cookies,
+            profile: Profile::of(&config, node.to_string(), listen),
+            requests_answered: Default::default(),
         });
         metrics
             .build_info

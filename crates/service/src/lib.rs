@@ -27,6 +27,7 @@ pub mod journal;
 pub mod metrics;
 pub mod node;
 pub mod pending;
+pub mod profile;
 pub mod readiness;
 pub mod recovery;
 pub mod shutdown;

@@ -636,10 +636,14 @@ async fn the_openapi_document_describes_every_route_and_only_real_ones() {
     assert_eq!(
         documented,
         [
+            "/",
             "/api/keys",
             "/api/keys/{id}",
             "/api/sessions",
             "/api/users",
+            "/console.css",
+            "/console.js",
+            "/console/status",
             "/counters/{key}",
             "/health",
             "/increment",

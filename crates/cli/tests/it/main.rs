@@ -11,6 +11,7 @@ mod helpers;
 mod access;
 mod api;
 mod cluster;
+mod console;
 mod crash;
 mod deploy;
 mod deploy_files;

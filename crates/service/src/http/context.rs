@@ -2,6 +2,7 @@
 //! request. Built once per node and shared by every request behind an `Arc`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use super::error::ApiError;
 use crate::access::Accounts;
@@ -10,6 +11,7 @@ use crate::idempotency::Once;
 use crate::increment::ValidationRules;
 use crate::ingest::{Ingest, IngestError};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+use crate::profile::Profile;
 use crate::readiness::Readiness;
 
 /// The handlers' shared context.
@@ -34,6 +36,11 @@ pub struct ApiContext {
     pub accounts: Arc<Accounts>,
     /// Whether session cookies are marked `Secure` (not with `--insecure-cookies`).
     pub secure_cookies: bool,
+    /// The node's identity and settings, secrets hidden, for the console.
+    pub profile: Profile,
+    /// Requests answered on the main address since start (`http::observe` counts them), from
+    /// which the console computes requests per second.
+    pub requests_answered: Arc<AtomicU64>,
 }
 
 impl ApiContext {

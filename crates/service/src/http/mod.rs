@@ -7,6 +7,7 @@
 pub mod access;
 mod accounts;
 pub mod body;
+mod console;
 mod context;
 mod counters;
 pub mod error;
@@ -48,6 +49,7 @@ pub fn app(ctx: Arc<ApiContext>, serving: Serving) -> observe::Observe<Router> {
         serving.access_log,
         serving.max_in_flight,
         routes(),
+        ctx.requests_answered.clone(),
     ));
     let mut router = router(ctx, serving.metrics_here);
     if let Some(guard) = serving.guard {
@@ -78,6 +80,7 @@ fn routes() -> impl Iterator<Item = &'static Route> {
         metrics::ROUTES,
         openapi::ROUTES,
         runbook::ROUTES,
+        console::ROUTES,
     ]
     .into_iter()
     .flatten()

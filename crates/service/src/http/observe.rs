@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -53,6 +54,8 @@ pub struct Observer {
     exempt: Vec<bool>,
     unmatched: RouteMetrics,
     access_log: bool,
+    /// Every request answered, for the console (`ApiContext::requests_answered`).
+    answered: Arc<AtomicU64>,
 }
 
 impl Observer {
@@ -61,6 +64,7 @@ impl Observer {
         access_log: bool,
         max_in_flight: usize,
         routes: impl IntoIterator<Item = &'static Route>,
+        answered: Arc<AtomicU64>,
     ) -> Self {
         let routes: Vec<_> = routes
             .into_iter()
@@ -76,6 +80,7 @@ impl Observer {
             unmatched: metrics.route(UNMATCHED),
             metrics,
             access_log,
+            answered,
         }
     }
 
@@ -92,6 +97,7 @@ impl Observer {
             None => (UNMATCHED, &self.unmatched),
         };
         metrics.record(&self.metrics, status, elapsed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
         if let Some(method) = seen.method {
             tracing::info!(
                 target: "tally::access",
@@ -249,7 +255,8 @@ mod tests {
             Route::new("/increment", MethodRouter::new),
             Route::new("/counters/{key}", MethodRouter::new),
         ];
-        let observer = Observer::new(Arc::new(Metrics::default()), false, 1, &ROUTES);
+        let answered = Arc::default();
+        let observer = Observer::new(Arc::new(Metrics::default()), false, 1, &ROUTES, answered);
         let label = |path| observer.route_of(path).map(|i| observer.routes[i].0.path);
         assert_eq!(label("/increment"), Some("/increment"));
         assert_eq!(label("/counters/a/b"), Some("/counters/{key}"));

@@ -47,6 +47,10 @@ use crate::increment::KeyFormat;
         super::metrics::metrics,
         super::runbook::runbook,
         spec,
+        super::console::page,
+        super::console::script,
+        super::console::style,
+        super::console::status,
     ),
     modifiers(&Security, &Headers, &Aliases),
     components(schemas(
@@ -61,6 +65,7 @@ use crate::increment::KeyFormat;
         (name = "items", description = "Distinct items per tenant"),
         (name = "accounts", description = "Users, sessions and API keys (see --auth)"),
         (name = "operations", description = "Probes, metrics, the runbooks and this document: never behind auth or a rate limit"),
+        (name = "console", description = "The console page at / (its files are open; its data, GET /console/status, is a read like the others)"),
     )
 )]
 struct ApiDoc;

@@ -9,9 +9,10 @@ use axum::routing::MethodRouter;
 
 use super::context::ApiContext;
 
-/// The probes, the metrics, the API's description and the runbooks: never behind auth, never rate limited,
-/// never refused for the in-flight limit, so that load balancers and monitoring always reach
-/// them.
+/// The probes, the metrics, the API's description, the runbooks and the console's static
+/// files: never behind auth, never rate limited, never refused for the in-flight limit, so
+/// that load balancers and monitoring always reach them, and a browser can load the console
+/// before it has credentials (the files hold no data; the console's data route is not open).
 pub const OPEN_PATHS: &[&str] = &[
     "/health",
     "/api/health",
@@ -19,6 +20,9 @@ pub const OPEN_PATHS: &[&str] = &[
     "/metrics",
     "/openapi.json",
     "/runbook",
+    "/",
+    "/console.js",
+    "/console.css",
 ];
 
 /// One path and what answers on it.

@@ -1,11 +1,12 @@
 //! Helpers shared by the integration tests: a real PostgreSQL, a real node in-process, a
-//! real `tally` process, HAProxy in front of processes, clients that keep a ledger, a proxy
-//! that loses commit answers, hand-written journal files, and a little PromQL.
+//! real `tally` process, HAProxy in front of processes, a headless Chromium, clients that keep
+//! a ledger, a proxy that loses commit answers, hand-written journal files, and a little PromQL.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 pub mod app;
+pub mod browser;
 pub mod fault_proxy;
 pub mod haproxy;
 pub mod journal_files;
