@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use cli::Command;
 use tally::access::{AccessError, Accounts, AuthMode, Signup};
-use tally::{StartError, app, database::Database, exit_code, shutdown::Shutdown, telemetry};
+use tally::{
+    StartError, app, database::Database, exit_code, reload, shutdown::Shutdown, telemetry,
+};
 
 fn main() -> ExitCode {
     let command = match cli::load() {
@@ -38,7 +40,11 @@ fn main() -> ExitCode {
                         })?;
                 let shutdown = Shutdown::new();
                 shutdown.listen_for_signals()?;
-                app::serve(config, listener, shutdown).await
+                let hangups = reload::Hangups::listen().map_err(anyhow::Error::from)?;
+                let node = app::Node::build(config, listener, shutdown).await?;
+                node.reload_on(hangups, Box::new(read_serve_config()))
+                    .run_until_stopped()
+                    .await
             }
             Command::Migrate(config) => {
                 telemetry::init(config.log_format, config.log_level);
@@ -116,38 +122,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reads the serve configuration again as at start, for a reload: the same arguments and
+/// environment, the configuration file as it is now.
+fn read_serve_config() -> impl Fn() -> Result<tally::config::ServeConfig, String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    move || match cli::load_from(args.clone()) {
+        Ok(Command::Serve(config)) => Ok(config),
+        Ok(_) => Err("the command line no longer reads as `tally serve`".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What `tally check-config` prints of a valid configuration: the settings that shape a
 /// node, the connection string without its password.
 fn check_config(config: &tally::config::ServeConfig) -> String {
-    let database = match &config.database.database_url {
-        Some(url) if !url.expose().trim().is_empty() => url.redacted(),
-        _ => format!(
-            "managed, under {}",
-            config.database.data_dir.join("postgres").display()
-        ),
-    };
-    let rate_limit = config
-        .rate_limit
-        .map_or("none".to_owned(), |rate| rate.to_string());
-    let lines = [
-        ("listen", config.listen.to_string()),
-        ("database", database),
-        ("data_dir", config.database.data_dir.display().to_string()),
-        ("mode", config.mode.to_string()),
-        ("durability", config.durability_in_effect()),
-        (
-            "flush_interval",
-            humantime::format_duration(config.flush_interval).to_string(),
-        ),
-        ("auth", config.auth.to_string()),
-        ("rate_limit", rate_limit),
-        (
-            "read_timeout",
-            humantime::format_duration(config.read_timeout).to_string(),
-        ),
-    ];
     let mut out = String::from("the configuration is valid:\n");
-    for (name, value) in lines {
+    for (name, value) in tally::profile::settings(config, config.listen) {
         out.push_str(&format!("  {name} = {value}\n"));
     }
     out

@@ -9,12 +9,14 @@
 //! buffer to new increments, flush what is pending, close the journal, release the claim,
 //! close the pool, stop the managed PostgreSQL.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::StartError;
@@ -29,7 +31,7 @@ use crate::http::observe::Observe;
 use crate::http::server::ConnectionLimits;
 use crate::http::{ApiContext, Serving, app, metrics_app};
 use crate::idempotency::{Idempotency, Purger};
-use crate::ingest::{Buffered, Ingest};
+use crate::ingest::{Buffered, Ingest, LiveBound};
 use crate::journal::{Journal, JournalOptions};
 use crate::metrics::Metrics;
 use crate::node::{DataDir, NodeId};
@@ -37,6 +39,7 @@ use crate::pending::{Unpersisted, Unwritten};
 use crate::profile::Profile;
 use crate::readiness::Readiness;
 use crate::recovery;
+use crate::reload::{Hangups, Live, ReadConfig, Reloader};
 use crate::shutdown::Shutdown;
 use crate::storage::{NodeClaim, Owner, Replay, Storage};
 
@@ -93,6 +96,10 @@ pub struct Node {
     /// Unlocked last, so that no other process takes the data directory (and the journal in
     /// it) until this one is done with it.
     data_dir: DataDir,
+    /// What a reload changes, until [`Node::reload_on`] hands it to a [`Reloader`].
+    live: Option<(Live, ServeConfig)>,
+    /// The reloader's task, stopped once the node stops serving.
+    reloader: Option<(AbortOnDrop, CancellationToken)>,
 }
 
 /// The HTTP side of a node: what it serves, where, and how a stop drains it.
@@ -124,6 +131,10 @@ struct FlusherThread {
 /// What writes under the node's claim: started once the database is open, stopped before it
 /// is closed.
 struct Writers {
+    /// `--max-journal-bytes`, which a reload may change.
+    max_journal_bytes: LiveBound,
+    /// Where a reload sends a new flush interval; `None` in sync mode.
+    flush_interval: Option<Arc<watch::Sender<Duration>>>,
     claim: NodeClaim,
     journal: Option<Journal>,
     pending: Option<Arc<Unpersisted>>,
@@ -141,6 +152,7 @@ impl Node {
         shutdown: Shutdown,
     ) -> Result<Node, StartError> {
         let listen = listener.local_addr().map_err(anyhow::Error::from)?;
+        let watched = crate::reload::watched(&config);
         // Bound before anything starts, so that a port in use leaves nothing to stop.
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
@@ -175,7 +187,7 @@ impl Node {
             storage.clone(),
             writers.pending.clone(),
             writers.ingest.journal().cloned(),
-            config.max_journal_bytes,
+            writers.max_journal_bytes.clone(),
         );
         let accounts = Arc::new(Accounts::new(
             storage.clone(),
@@ -207,7 +219,7 @@ impl Node {
             ),
             accounts,
             secure_cookies: !config.insecure_cookies,
-            profile: Profile::of(&config, node.to_string(), listen),
+            profile: RwLock::new(Profile::of(&config, node.to_string(), listen)),
             requests_answered: Default::default(),
         });
         metrics
@@ -240,6 +252,9 @@ impl Node {
             flush_interval = %humantime::format_duration(config.flush_interval),
             "tally is serving"
         );
+        let access_log = Arc::new(AtomicBool::new(config.access_log));
+        let live_limiter = limiter.clone();
+        let live_ctx = ctx.clone();
         Ok(Node {
             http: HttpServer {
                 listener,
@@ -248,7 +263,7 @@ impl Node {
                 app: app(
                     ctx,
                     Serving {
-                        access_log: config.access_log,
+                        access_log: access_log.clone(),
                         guard,
                         metrics_here: config.metrics_listen.is_none(),
                         max_in_flight: config.max_in_flight as usize,
@@ -265,6 +280,20 @@ impl Node {
                 drain_delay: config.drain_delay,
                 drain_timeout: config.drain_timeout,
             },
+            live: Some((
+                Live {
+                    flush_interval: writers.flush_interval,
+                    pending: writers.pending.clone(),
+                    max_journal_bytes: writers.max_journal_bytes,
+                    access_log,
+                    limiter: live_limiter,
+                    ctx: live_ctx,
+                    listen,
+                    watched,
+                },
+                config.clone(),
+            )),
+            reloader: None,
             purger: Purger::start(storage.clone()),
             pending: writers.pending,
             flusher: writers.flusher,
@@ -275,10 +304,25 @@ impl Node {
         })
     }
 
+    /// Reloads the configuration with `read` on every SIGHUP and, with `--watch-config`,
+    /// whenever the `--config` file changes ([`crate::reload`]).
+    pub fn reload_on(mut self, hangups: Hangups, read: ReadConfig) -> Node {
+        if let Some((live, config)) = self.live.take() {
+            let stop = CancellationToken::new();
+            let reloader = Reloader::new(read, config, live);
+            let task = tokio::spawn(reloader.run(hangups, stop.clone()));
+            self.reloader = Some((AbortOnDrop(task), stop));
+        }
+        self
+    }
+
     /// Serves until a shutdown is requested, then stops, in the order of the fields: the
     /// outcome says whether PostgreSQL has every acknowledged increment, or the journal does.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.http.serve().await;
+        if let Some((_task, stop)) = &self.reloader {
+            stop.cancel();
+        }
         self.purger.stop().await;
         if let Some(pending) = &self.pending {
             pending.close();
@@ -355,6 +399,8 @@ impl Writers {
         );
         replay(&flusher, replays, shutdown).await?;
 
+        let max_journal_bytes = LiveBound::new(config.max_journal_bytes);
+        let mut flush_interval = None;
         let (ingest, pending, flusher) = match config.mode {
             Mode::Sync => (Ingest::Sync(storage.clone()), None, None),
             Mode::Buffered => {
@@ -365,9 +411,10 @@ impl Writers {
                     // The journal takes appends only with journal durability; otherwise it
                     // was opened for recovery alone.
                     journal: journal.clone().filter(|_| config.uses_journal()),
-                    max_journal_bytes: config.max_journal_bytes,
+                    max_journal_bytes: max_journal_bytes.clone(),
                 });
                 let stop = CancellationToken::new();
+                flush_interval = Some(flusher.interval());
                 let thread = flusher
                     .spawn_thread(stop.clone(), shutdown.clone())
                     .map_err(anyhow::Error::from)?;
@@ -380,6 +427,8 @@ impl Writers {
             }
         };
         Ok(Writers {
+            max_journal_bytes,
+            flush_interval,
             claim,
             journal,
             pending,

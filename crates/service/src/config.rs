@@ -221,8 +221,15 @@ pub struct ServeConfig {
     pub access_log: bool,
 
     /// TOML file with any of these settings (snake_case names, e.g. `flush_interval = "2s"`).
+    /// SIGHUP reads it again and applies what can change while running.
     #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Also read the --config file again whenever it changes, as on SIGHUP.
+    #[arg(long, env = "TALLY_WATCH_CONFIG", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL", requires = "config")]
+    pub watch_config: bool,
 }
 
 /// Settings of `tally migrate`.

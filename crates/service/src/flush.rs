@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchSeq, FlushBatch};
@@ -33,7 +34,8 @@ pub struct Flusher {
     pending: Arc<Unpersisted>,
     storage: Storage,
     owner: Owner,
-    interval: Duration,
+    /// The flush interval; a reload may change it ([`Flusher::interval`]).
+    interval: Arc<watch::Sender<Duration>>,
     /// The number of the open batch.
     open_seq: BatchSeq,
     /// Told which batches PostgreSQL has, so that it can drop their segments.
@@ -105,11 +107,17 @@ impl Flusher {
             pending,
             storage,
             owner,
-            interval,
+            interval: Arc::new(watch::channel(interval).0),
             open_seq,
             journal,
             metrics,
         }
+    }
+
+    /// Where to send a new flush interval: the next flush comes one new interval after it is
+    /// sent.
+    pub fn interval(&self) -> Arc<watch::Sender<Duration>> {
+        self.interval.clone()
     }
 
     /// Writes the batches of earlier epochs recovered from the journal, in order, before
@@ -166,12 +174,21 @@ impl Flusher {
     /// nothing acknowledged before `stop` stays behind. While PostgreSQL fails, it retries;
     /// `abort` makes it give up (for a second Ctrl-C).
     pub async fn run(mut self, stop: CancellationToken, abort: CancellationToken) -> FlushEnd {
-        let first = tokio::time::Instant::now() + self.interval;
-        let mut ticker = tokio::time::interval_at(first, self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut interval = self.interval.subscribe();
+        let ticker_every = |period: Duration| {
+            let first = tokio::time::Instant::now() + period;
+            let mut ticker = tokio::time::interval_at(first, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        };
+        let mut ticker = ticker_every(*interval.borrow_and_update());
         loop {
             let stopping = tokio::select! {
                 _ = ticker.tick() => false,
+                Ok(()) = interval.changed() => {
+                    ticker = ticker_every(*interval.borrow_and_update());
+                    continue;
+                }
                 _ = stop.cancelled() => true,
             };
             match self.flush_once(&abort).await {

@@ -16,6 +16,7 @@
 //! node's progress row, read in the same snapshot as the total, to count each batch once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::batch::BatchSeq;
 use crate::increment::Increment;
@@ -78,7 +79,25 @@ pub struct Buffered {
     /// With `--durability journal`.
     pub journal: Option<Journal>,
     /// Past this many bytes of journal, increments are refused.
-    pub max_journal_bytes: u64,
+    pub max_journal_bytes: LiveBound,
+}
+
+/// A bound that a reload may change, shared by those who enforce it.
+#[derive(Clone, Debug)]
+pub struct LiveBound(Arc<AtomicU64>);
+
+impl LiveBound {
+    pub fn new(value: u64) -> LiveBound {
+        LiveBound(Arc::new(AtomicU64::new(value)))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
 }
 
 impl Ingest {
@@ -283,7 +302,7 @@ impl Buffered {
                 "an earlier write or fsync failed".into(),
             ));
         }
-        if journal.bytes() >= self.max_journal_bytes {
+        if journal.bytes() >= self.max_journal_bytes.get() {
             return Err(IngestError::Full { what: "journal" });
         }
         Ok(())

@@ -30,6 +30,7 @@ pub mod pending;
 pub mod profile;
 pub mod readiness;
 pub mod recovery;
+pub mod reload;
 pub mod shutdown;
 pub mod storage;
 mod sync;

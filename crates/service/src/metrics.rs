@@ -91,6 +91,8 @@ pub struct Metrics {
     pub items_rejected: Family<ReasonLabel, Counter>,
     /// Flush attempts by outcome: `applied`, `already_applied` or `failed`.
     pub flushes: Family<OutcomeLabel, Counter>,
+    /// Configuration reloads (SIGHUP, `--watch-config`) by outcome: `applied` or `failed`.
+    pub config_reloads: Family<OutcomeLabel, Counter>,
     /// Seconds one flush attempt took.
     pub flush_duration: Histogram,
     /// Rows written by flushes.
@@ -140,6 +142,7 @@ impl Default for Metrics {
             auth_refused: Family::default(),
             items_rejected: Family::default(),
             flushes: Family::default(),
+            config_reloads: Family::default(),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushed_rows: Counter::default(),
             pending_keys: Gauge::default(),
@@ -154,6 +157,10 @@ impl Default for Metrics {
             ready: Family::default(),
             build_info: Family::default(),
         };
+        // Both outcomes from the start, so that a dashboard shows 0 rather than no data.
+        for outcome in ["applied", "failed"] {
+            drop(m.config_reloads.get_or_create(&OutcomeLabel { outcome }));
+        }
         m.register_all()
     }
 }
@@ -227,6 +234,11 @@ impl Metrics {
             "flushes",
             "Flush attempts, by outcome",
             self.flushes.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, --watch-config), by outcome: applied or failed",
+            self.config_reloads.clone(),
         );
         r.register_with_unit(
             "flush_duration",

@@ -51,8 +51,9 @@ fn or_unset<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "unset".to_owned(), |v| v.to_string())
 }
 
-/// The settings shown, secrets hidden.
-fn settings(c: &ServeConfig, listen: SocketAddr) -> Vec<(&'static str, String)> {
+/// Every setting that shapes a node serving on `listen`, by its name in the configuration
+/// file, secrets hidden: for the console, `tally check-config` and reloads.
+pub fn settings(c: &ServeConfig, listen: SocketAddr) -> Vec<(&'static str, String)> {
     let database = match &c.database.database_url {
         Some(url) if !url.expose().trim().is_empty() => url.redacted(),
         _ => format!(
@@ -89,6 +90,11 @@ fn settings(c: &ServeConfig, listen: SocketAddr) -> Vec<(&'static str, String)> 
         ("drain_timeout", duration(c.drain_timeout)),
         ("access_log", c.access_log.to_string()),
         ("log_format", c.log_format.to_string()),
+        ("log_level", or_unset(c.log_level)),
+        ("node_id", or_unset(c.node_id.as_ref())),
+        ("insecure_cookies", c.insecure_cookies.to_string()),
+        ("trusted_proxies", c.trusted_proxies.to_string()),
+        ("watch_config", c.watch_config.to_string()),
     ]
 }
 

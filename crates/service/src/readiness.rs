@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::ingest::LiveBound;
 use crate::journal::Journal;
 use crate::pending::Unpersisted;
 use crate::storage::Storage;
@@ -70,7 +71,7 @@ pub struct Readiness {
     storage: Storage,
     pending: Option<Arc<Unpersisted>>,
     journal: Option<Journal>,
-    max_journal_bytes: u64,
+    max_journal_bytes: LiveBound,
 }
 
 impl Readiness {
@@ -81,7 +82,7 @@ impl Readiness {
         storage: Storage,
         pending: Option<Arc<Unpersisted>>,
         journal: Option<Journal>,
-        max_journal_bytes: u64,
+        max_journal_bytes: LiveBound,
     ) -> Self {
         Readiness {
             shutting_down,
@@ -101,11 +102,9 @@ impl Readiness {
                 return Err(NotReady::JournalFailed);
             }
             let bytes = journal.bytes();
-            if bytes >= self.max_journal_bytes {
-                return Err(NotReady::JournalFull {
-                    bytes,
-                    max: self.max_journal_bytes,
-                });
+            let max = self.max_journal_bytes.get();
+            if bytes >= max {
+                return Err(NotReady::JournalFull { bytes, max });
             }
         }
         if let Some(pending) = &self.pending {

@@ -3,6 +3,8 @@
 //! default is `info`. Either way the migration library's per-step chatter and PostgreSQL's
 //! notices are left out unless asked for by name: Tally logs each applied migration itself.
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written (`--log-format`).
@@ -36,9 +38,13 @@ impl LogLevel {
     }
 }
 
-/// Installs the global subscriber. Later calls (several apps in one test process) are no-ops.
-/// `level`, when given, beats `RUST_LOG`.
-pub fn init(format: LogFormat, level: Option<LogLevel>) {
+/// Replaces the filter of the installed subscriber; set once, by [`init`].
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// The filter for `level`, or `RUST_LOG` without one.
+fn filter(level: Option<LogLevel>) -> EnvFilter {
     // PostgreSQL's notices ("relation ... already exists, skipping" at every start) reach
     // tokio-postgres as info events of its own; they are the server's chatter, not Tally's.
     let quiet_migrations = |level: &str| {
@@ -46,17 +52,48 @@ pub fn init(format: LogFormat, level: Option<LogLevel>) {
             "{level},refinery_core=warn,tokio_postgres::connection=warn"
         ))
     };
-    let filter = match level {
+    match level {
         Some(level) => quiet_migrations(level.directive()),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet_migrations("info")),
-    };
+    }
+}
+
+/// Installs the global subscriber. Later calls (several apps in one test process) are no-ops.
+/// `level`, when given, beats `RUST_LOG`.
+pub fn init(format: LogFormat, level: Option<LogLevel>) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(level))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    // The reload handle's type names the whole subscriber, so each format gets its own.
+    let (installed, set): (_, SetFilter) = match format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                builder.try_init(),
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+            )
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                builder.try_init(),
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+            )
+        }
     };
+    if installed.is_ok() {
+        let _ = SET_FILTER.set(set);
+    }
+}
+
+/// Logs at `level` from now on (`RUST_LOG`'s filter, or `info`, when `None`): a reload.
+pub fn set_level(level: Option<LogLevel>) -> Result<(), String> {
+    match SET_FILTER.get() {
+        Some(set) => set(filter(level)),
+        None => Err("logging is not set up".to_owned()),
+    }
 }

@@ -25,5 +25,6 @@ mod load;
 mod managed_postgres;
 mod process;
 mod recovery;
+mod reload;
 mod schema;
 mod tls;

@@ -24,7 +24,7 @@ fn post_increment(
         .as_u16()
 }
 
-fn totals(url: &str) -> Vec<(String, i64)> {
+pub(crate) fn totals(url: &str) -> Vec<(String, i64)> {
     let url = url.to_owned();
     // A small runtime of its own: these tests are synchronous, like the processes they drive.
     tokio::runtime::Runtime::new()
@@ -52,24 +52,12 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 /// Waits until `tally` has logged a line whose message contains `text`.
 fn wait_for_log(tally: &TallyProcess, text: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while log_line(tally, text).is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tally never logged {text:?}; its log:\n{}",
-            tally.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tally.wait_for_log_lines(text, 1);
 }
 
 /// The first JSON log line whose message contains `text`.
 fn log_line(tally: &TallyProcess, text: &str) -> Option<serde_json::Value> {
-    tally
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+    tally.log_lines(text).into_iter().next()
 }
 
 fn sum(totals: &[(String, i64)]) -> i64 {

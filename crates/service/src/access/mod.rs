@@ -16,7 +16,7 @@ pub mod peer;
 pub mod rate_limit;
 pub mod secrets;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::storage::{AddUserError, Storage, StorageError};
@@ -135,8 +135,8 @@ pub struct NewSession {
 pub struct Accounts {
     storage: Storage,
     pub mode: AuthMode,
-    signup: Signup,
-    session_ttl: Duration,
+    /// Sign-up and the session lifetime, which a reload may change ([`Accounts::set_policy`]).
+    policy: RwLock<(Signup, Duration)>,
     hasher: Hasher,
     /// Checked keys by id (its 16 hex digits as a number, so that a lookup allocates
     /// nothing).
@@ -152,8 +152,7 @@ impl Accounts {
         Accounts {
             storage,
             mode,
-            signup,
-            session_ttl,
+            policy: RwLock::new((signup, session_ttl)),
             hasher: Hasher::default(),
             keys: TtlCache::new(CHECKED_CREDENTIALS_TTL, CHECKED_CREDENTIALS),
             sessions: TtlCache::new(CHECKED_CREDENTIALS_TTL, CHECKED_CREDENTIALS),
@@ -165,9 +164,18 @@ impl Accounts {
         self.mode == AuthMode::Required
     }
 
+    /// Sign-up and the lifetime of sessions opened from now on.
+    pub fn set_policy(&self, signup: Signup, session_ttl: Duration) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = (signup, session_ttl);
+    }
+
+    fn policy(&self) -> (Signup, Duration) {
+        *self.policy.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Adds a user, as `POST /api/users` does when sign-up is open.
     pub async fn sign_up(&self, email: &str, password: &str) -> Result<i64, AccessError> {
-        if self.signup == Signup::Closed {
+        if self.policy().0 == Signup::Closed {
             return Err(AccessError::SignupClosed);
         }
         self.add_user(email, password).await
@@ -194,13 +202,14 @@ impl Accounts {
             .filter(|_| matches)
             .ok_or(AccessError::InvalidCredentials)?;
         let token = secrets::new_session_token();
+        let (_, ttl) = self.policy();
         self.storage
-            .add_session(&sha256(&token), user.id, self.session_ttl)
+            .add_session(&sha256(&token), user.id, ttl)
             .await?;
         Ok(NewSession {
             token,
             user_id: user.id,
-            ttl: self.session_ttl,
+            ttl,
         })
     }
 

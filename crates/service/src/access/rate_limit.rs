@@ -13,6 +13,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -99,40 +101,31 @@ pub struct Refusal {
 type Keyed =
     RateLimiter<Client, DefaultKeyedStateStore<Client>, DefaultClock, StateInformationMiddleware>;
 
-/// The node's token buckets, one per client.
+/// The node's token buckets, one per client. A reload may change the rate
+/// ([`Limiter::set_rate`]): governor's quota is fixed per limiter, so a new rate is a new set
+/// of buckets, swapped in whole.
 pub struct Limiter {
-    buckets: Keyed,
+    current: ArcSwap<Buckets>,
+}
+
+/// The buckets of one rate.
+struct Buckets {
+    keyed: Keyed,
     limit: u32,
     /// Time to earn one request back.
     interval: Duration,
 }
 
-impl Limiter {
-    pub fn new(rate: RateLimit) -> Limiter {
+impl Buckets {
+    fn new(rate: RateLimit) -> Buckets {
         let interval = rate.period / rate.requests.get();
         let quota = Quota::with_period(interval)
             .expect("the period per request is at least 1ns (checked when parsed)")
             .allow_burst(rate.requests);
-        Limiter {
-            buckets: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+        Buckets {
+            keyed: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
             limit: rate.requests.get(),
             interval,
-        }
-    }
-
-    /// Takes one request from `client`'s bucket, or says how long it must wait.
-    pub fn check(&self, client: &Client) -> Result<Allowance, Refusal> {
-        match self.buckets.check_key(client) {
-            Ok(state) => Ok(self.allowance(state.remaining_burst_capacity())),
-            Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.buckets.clock().now());
-                let mut allowance = self.allowance(0);
-                allowance.reset = allowance.reset.max(retry_after);
-                Err(Refusal {
-                    retry_after,
-                    allowance,
-                })
-            }
         }
     }
 
@@ -143,16 +136,47 @@ impl Limiter {
             reset: self.interval * (self.limit - remaining.min(self.limit)),
         }
     }
+}
+
+impl Limiter {
+    pub fn new(rate: RateLimit) -> Limiter {
+        Limiter {
+            current: ArcSwap::from_pointee(Buckets::new(rate)),
+        }
+    }
+
+    /// Limits at `rate` from now on. Every client starts again with a full bucket.
+    pub fn set_rate(&self, rate: RateLimit) {
+        self.current.store(Arc::new(Buckets::new(rate)));
+    }
+
+    /// Takes one request from `client`'s bucket, or says how long it must wait.
+    pub fn check(&self, client: &Client) -> Result<Allowance, Refusal> {
+        let buckets = self.current.load();
+        match buckets.keyed.check_key(client) {
+            Ok(state) => Ok(buckets.allowance(state.remaining_burst_capacity())),
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(buckets.keyed.clock().now());
+                let mut allowance = buckets.allowance(0);
+                allowance.reset = allowance.reset.max(retry_after);
+                Err(Refusal {
+                    retry_after,
+                    allowance,
+                })
+            }
+        }
+    }
 
     /// Forgets clients whose buckets are full again: they are as new.
     pub fn forget_idle(&self) {
-        self.buckets.retain_recent();
-        self.buckets.shrink_to_fit();
+        let buckets = self.current.load();
+        buckets.keyed.retain_recent();
+        buckets.keyed.shrink_to_fit();
     }
 
     /// Clients remembered now.
     pub fn clients(&self) -> usize {
-        self.buckets.len()
+        self.current.load().keyed.len()
     }
 }
 

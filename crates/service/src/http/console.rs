@@ -6,8 +6,8 @@
 //! hold no data. Everything it shows comes from `GET /console/status` and the API's own read
 //! routes, which, with `--auth required`, need an API key or a session like any other read.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use axum::Json;
 use axum::extract::State;
@@ -133,7 +133,11 @@ pub(crate) struct ConsoleStatus {
 pub(crate) async fn status(State(ctx): State<Arc<ApiContext>>) -> impl IntoResponse {
     let not_ready = ctx.readiness.check().await.err().map(|e| e.to_string());
     let pending = ctx.ingest.pending();
-    let profile = &ctx.profile;
+    let profile = ctx
+        .profile
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let status = ConsoleStatus {
         node_id: profile.node_id.clone(),
         version: profile.version,

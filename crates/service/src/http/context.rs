@@ -1,8 +1,8 @@
 //! What every handler may use: the request path, readiness, the metrics and the limits of a
 //! request. Built once per node and shared by every request behind an `Arc`.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 use super::error::ApiError;
 use crate::access::Accounts;
@@ -36,8 +36,9 @@ pub struct ApiContext {
     pub accounts: Arc<Accounts>,
     /// Whether session cookies are marked `Secure` (not with `--insecure-cookies`).
     pub secure_cookies: bool,
-    /// The node's identity and settings, secrets hidden, for the console.
-    pub profile: Profile,
+    /// The node's identity and settings, secrets hidden, for the console; a reload replaces
+    /// it.
+    pub profile: RwLock<Profile>,
     /// Requests answered on the main address since start (`http::observe` counts them), from
     /// which the console computes requests per second.
     pub requests_answered: Arc<AtomicU64>,

@@ -32,8 +32,8 @@ use route::Route;
 
 /// How the API is served.
 pub struct Serving {
-    /// One log line per request.
-    pub access_log: bool,
+    /// One log line per request; a reload may change it.
+    pub access_log: Arc<std::sync::atomic::AtomicBool>,
     /// Auth and rate limits, when either is on.
     pub guard: Option<Arc<access::Guard>>,
     /// Whether `/metrics` is served here (or on an address of its own, [`metrics_app`]).

@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -53,7 +53,8 @@ pub struct Observer {
     /// For each route, whether it is exempt from the in-flight limit (`OPEN_PATHS`).
     exempt: Vec<bool>,
     unmatched: RouteMetrics,
-    access_log: bool,
+    /// Whether to log each request; a reload may change it.
+    access_log: Arc<AtomicBool>,
     /// Every request answered, for the console (`ApiContext::requests_answered`).
     answered: Arc<AtomicU64>,
 }
@@ -61,7 +62,7 @@ pub struct Observer {
 impl Observer {
     pub fn new(
         metrics: Arc<Metrics>,
-        access_log: bool,
+        access_log: Arc<AtomicBool>,
         max_in_flight: usize,
         routes: impl IntoIterator<Item = &'static Route>,
         answered: Arc<AtomicU64>,
@@ -161,7 +162,11 @@ where
             started: Instant::now(),
             route: self.observer.route_of(request.uri().path()),
             request_id: request_id(request.headers().get(&REQUEST_ID)),
-            method: self.observer.access_log.then(|| request.method().clone()),
+            method: self
+                .observer
+                .access_log
+                .load(Ordering::Relaxed)
+                .then(|| request.method().clone()),
         };
         let exempt = seen.route.is_some_and(|i| self.observer.exempt[i]);
         let permit = match self.observer.in_flight.clone().try_acquire_owned() {
@@ -256,7 +261,13 @@ mod tests {
             Route::new("/counters/{key}", MethodRouter::new),
         ];
         let answered = Arc::default();
-        let observer = Observer::new(Arc::new(Metrics::default()), false, 1, &ROUTES, answered);
+        let observer = Observer::new(
+            Arc::new(Metrics::default()),
+            Arc::default(),
+            1,
+            &ROUTES,
+            answered,
+        );
         let label = |path| observer.route_of(path).map(|i| observer.routes[i].0.path);
         assert_eq!(label("/increment"), Some("/increment"));
         assert_eq!(label("/counters/a/b"), Some("/counters/{key}"));

@@ -59,7 +59,8 @@ pub struct PendingDeltas {
     hasher: foldhash::fast::RandomState,
     /// Keys held in memory: in the open maps and in cut batches not yet released.
     keys: CachePadded<AtomicUsize>,
-    max_keys: usize,
+    /// The bound on `keys`; a reload may change it ([`PendingDeltas::set_max_keys`]).
+    max_keys: AtomicUsize,
     /// Set by any add since the last cut; lets the flusher know the open batch is not empty
     /// without taking every lock.
     dirty: CachePadded<AtomicBool>,
@@ -83,7 +84,7 @@ impl PendingDeltas {
             shards,
             hasher: foldhash::fast::RandomState::default(),
             keys: CachePadded::new(AtomicUsize::new(0)),
-            max_keys,
+            max_keys: AtomicUsize::new(max_keys),
             dirty: CachePadded::new(AtomicBool::new(false)),
         }
     }
@@ -111,7 +112,7 @@ impl PendingDeltas {
                 *sum = sum.checked_add(delta).ok_or(AddError::Overflow)?;
             }
             Entry::Vacant(e) => {
-                if self.keys.load(Ordering::Relaxed) >= self.max_keys {
+                if self.keys.load(Ordering::Relaxed) >= self.max_keys.load(Ordering::Relaxed) {
                     return Err(AddError::Full);
                 }
                 e.insert((key.into(), delta));
@@ -172,7 +173,9 @@ impl PendingDeltas {
                 }
             }
         }
-        if new_keys > 0 && self.keys.load(Ordering::Relaxed) + new_keys > self.max_keys {
+        if new_keys > 0
+            && self.keys.load(Ordering::Relaxed) + new_keys > self.max_keys.load(Ordering::Relaxed)
+        {
             return Err((None, AddError::Full));
         }
 
@@ -330,7 +333,12 @@ impl PendingDeltas {
 
     /// Whether new keys are refused: the bound on keys held is reached.
     pub fn is_full(&self) -> bool {
-        self.keys() >= self.max_keys
+        self.keys() >= self.max_keys.load(Ordering::Relaxed)
+    }
+
+    /// Refuses new keys past `max_keys` from now on. Keys already held stay, even above it.
+    pub fn set_max_keys(&self, max_keys: usize) {
+        self.max_keys.store(max_keys, Ordering::Relaxed);
     }
 
     /// Increments summed into the open batch (those taken back by

@@ -95,6 +95,11 @@ impl Unpersisted {
         self.open.is_full()
     }
 
+    /// Changes the bound on keys held ([`PendingDeltas::set_max_keys`]).
+    pub fn set_max_keys(&self, max_keys: usize) {
+        self.open.set_max_keys(max_keys);
+    }
+
     /// Bytes of keys and deltas held in memory: the open batch and the one being written.
     pub fn bytes(&self) -> usize {
         let in_flight = lock(&self.in_flight).as_ref().map_or(0, |b| {

@@ -130,6 +130,35 @@ impl TallyProcess {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// The JSON log lines so far whose message contains `text`.
+    pub fn log_lines(&self, text: &str) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            .collect()
+    }
+
+    /// Waits (30 s at most) until `count` log lines have a message containing `text`, and
+    /// returns them.
+    pub fn wait_for_log_lines(&self, text: &str, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.log_lines(text);
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally never logged {text:?} {count} times; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for TallyProcess {
