@@ -146,10 +146,14 @@ impl Ingest {
                 }
                 Ok(Receipt::Buffered)
             }
-            Ingest::Sync(storage) => match storage.increment(inc.key(), inc.value()).await {
-                Ok(total) => Ok(Receipt::Applied { total }),
-                Err(e) => Err(from_storage(e, |_| None)),
-            },
+            // Boxed: the database's future is large, and inline it would make every request's
+            // future as large, which is moved (copied) on each buffered request too.
+            Ingest::Sync(storage) => {
+                match Box::pin(storage.increment(inc.key(), inc.value())).await {
+                    Ok(total) => Ok(Receipt::Applied { total }),
+                    Err(e) => Err(from_storage(e, |_| None)),
+                }
+            }
         }
     }
 

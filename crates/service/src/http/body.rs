@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
@@ -31,22 +32,36 @@ impl FromRequest<Arc<ApiContext>> for JsonBody {
 
     async fn from_request(req: Request, ctx: &Arc<ApiContext>) -> Result<Self, ApiError> {
         let limit = ctx.max_body_bytes;
-        let headers = req.headers();
-        let is_json = headers
+        if !req
+            .headers()
             .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
+            .is_some_and(|v| is_json(v.as_bytes()))
+        {
             return Err(ApiError::unsupported_media_type());
+        }
+        let mut read = std::pin::pin!(read_limited(req.into_body(), limit));
+        // Most bodies have arrived whole by the first poll: they need no timer.
+        if let Poll::Ready(body) =
+            std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+        {
+            return body.map(JsonBody);
         }
         // A deadline for the whole body, not one per frame: a client sending a byte a second
         // must not hold the request open (tower-http's body timeout resets at every frame).
-        tokio::time::timeout(ctx.read_timeout, read_limited(req.into_body(), limit))
+        tokio::time::timeout(ctx.read_timeout, read)
             .await
             .map_err(|_| ApiError::request_timeout(ctx.read_timeout))?
             .map(JsonBody)
     }
+}
+
+/// Whether a Content-Type value names JSON: `application/json`, in any case, with or without
+/// parameters (`; charset=utf-8`). On bytes, since a header value need not be UTF-8.
+fn is_json(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or_default();
+    essence
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/json")
 }
 
 /// Reads a whole body of at most `limit` bytes.
@@ -730,6 +745,28 @@ impl<'de, S: Shape<'de>> Visitor<'de> for ArrayVisitor<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_is_recognised_by_its_essence_in_any_case() {
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;x=y",
+        ] {
+            assert!(is_json(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/json-seq",
+            "json",
+        ] {
+            assert!(!is_json(no.as_bytes()), "{no}");
+        }
+        assert!(!is_json(b"application/\xffjson"));
+    }
 
     fn one(body: &str) -> Result<RawIncrement<'_>, ShapeError> {
         parse_increment(body.as_bytes())

@@ -63,21 +63,20 @@ pub(crate) async fn increment(
     if let Some(key) = idempotency_key {
         let sync = ctx.ingest.is_sync();
         let fingerprint = Fingerprint::of("increment", &body);
-        let once = ctx
-            .idempotency
-            .increments(
-                &key,
-                fingerprint,
-                std::slice::from_ref(&inc),
-                |totals| match totals.first() {
-                    Some(&(_, total)) if sync => {
-                        let (key, value) = (inc.key(), inc.value());
-                        json_answer(StatusCode::OK, &Applied { key, value, total })
-                    }
-                    _ => empty_answer(StatusCode::ACCEPTED),
-                },
-            )
-            .await;
+        // Boxed: the rare path's large future stays out of every request's.
+        let once = Box::pin(ctx.idempotency.increments(
+            &key,
+            fingerprint,
+            std::slice::from_ref(&inc),
+            |totals| match totals.first() {
+                Some(&(_, total)) if sync => {
+                    let (key, value) = (inc.key(), inc.value());
+                    json_answer(StatusCode::OK, &Applied { key, value, total })
+                }
+                _ => empty_answer(StatusCode::ACCEPTED),
+            },
+        ))
+        .await;
         return respond(ctx.count_once(once, 1, false)?);
     }
     let receipt = ctx.ingest.increment(&inc).await;
@@ -133,10 +132,12 @@ pub(crate) async fn increments(
     };
     if let Some(key) = idempotency_key {
         let fingerprint = Fingerprint::of("increments", &body);
-        let once = ctx
-            .idempotency
-            .increments(&key, fingerprint, &incs, |_| json_answer(status, &accepted))
-            .await;
+        // Boxed: the rare path's large future stays out of every request's.
+        let once = Box::pin(
+            ctx.idempotency
+                .increments(&key, fingerprint, &incs, |_| json_answer(status, &accepted)),
+        )
+        .await;
         return respond(ctx.count_once(once, incs.len() as u64, false)?);
     }
     if !incs.is_empty() {

@@ -82,17 +82,16 @@ pub(crate) async fn add_items(
     if let Some(key) = idempotency_key {
         let sync = ctx.ingest.is_sync();
         let fingerprint = Fingerprint::of("items", &body);
-        let once = ctx
-            .idempotency
-            .items(&key, fingerprint, &items, |counts| {
-                let (status, counts) = if sync {
-                    (StatusCode::OK, Some(counts.iter().cloned().collect()))
-                } else {
-                    (StatusCode::ACCEPTED, None)
-                };
-                json_answer(status, &ItemsAccepted { accepted, counts })
-            })
-            .await;
+        // Boxed: the rare path's large future stays out of every request's.
+        let once = Box::pin(ctx.idempotency.items(&key, fingerprint, &items, |counts| {
+            let (status, counts) = if sync {
+                (StatusCode::OK, Some(counts.iter().cloned().collect()))
+            } else {
+                (StatusCode::ACCEPTED, None)
+            };
+            json_answer(status, &ItemsAccepted { accepted, counts })
+        }))
+        .await;
         return respond(ctx.count_once(once, accepted as u64, true)?);
     }
     let receipt = if items.is_empty() {
