@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p tally --example flush_candidates -- [--keys 1000000] [--rounds 3] \
-//!     [--only library,chunks-10k,library-ff50,...] [--updates 1]
+//!     [--only library,library-ff100,copy-upsert-ff100,...] [--updates 1]
 //! ```
 //!
 //! Every measurement starts a fresh managed PostgreSQL (Tally's default settings), creates the
@@ -12,6 +12,9 @@
 //! times), and checks that every key holds its total. Round `r` runs the candidates in the
 //! order rotated by `r`. It prints one JSON object per measurement, then the median, minimum
 //! and maximum per candidate of the first flush of existing keys.
+//!
+//! `counters` is as the migrations leave it (filled to half since V9) unless the candidate's
+//! name ends in `-ff<N>`: `library-ff100` is the flush as it was before V9.
 //!
 //! The candidates other than `library` write the deltas only, without the batch's progress
 //! row (one row, the same for all): they measure the SQL shape of the deltas.
@@ -69,10 +72,25 @@ const CANDIDATES: &[&str] = &[
     "copy-update",
 ];
 
-/// A candidate's name followed by this runs it on a `counters` table with `fillfactor = 50`
-/// (set before the first write), so that an update can put the row's new version on the
-/// same page (a HOT update) and leave the index alone.
-const FILLFACTOR_50: &str = "-ff50";
+/// A candidate's name followed by `-ff<N>` runs it on a `counters` table with `fillfactor = N`
+/// (set before the first write) instead of the migrations' 50: `-ff100` is the table as it
+/// was before migration V9, full pages, where an update's new row version goes to another
+/// page and needs a new index entry.
+const FILLFACTOR: &str = "-ff";
+
+/// The candidate and the fillfactor its name asks for, if any.
+fn parse_candidate(name: &str) -> anyhow::Result<(&str, Option<u8>)> {
+    let (base, fillfactor) = match name.rsplit_once(FILLFACTOR) {
+        Some((base, n)) => {
+            let n: u8 = n.parse()?;
+            anyhow::ensure!((10..=100).contains(&n), "a fillfactor is 10 to 100: {name}");
+            (base, Some(n))
+        }
+        None => (name, None),
+    };
+    anyhow::ensure!(CANDIDATES.contains(&base), "unknown candidate {name}");
+    Ok((base, fillfactor))
+}
 
 const UPSERT: &str = "
     INSERT INTO counters AS c (key, value, updated_at)
@@ -109,8 +127,7 @@ fn main() -> anyhow::Result<()> {
     };
     anyhow::ensure!(args.updates >= 1, "--updates must be at least 1");
     for c in &candidates {
-        let base = c.strip_suffix(FILLFACTOR_50).unwrap_or(c);
-        anyhow::ensure!(CANDIDATES.contains(&base), "unknown candidate {c}");
+        parse_candidate(c)?;
     }
     let deltas = distinct_keys(args.keys, args.key_bytes);
     let runtime = tokio::runtime::Runtime::new()?;
@@ -197,13 +214,10 @@ async fn run(
     storage.migrate().await?;
     let (mut client, connection) = endpoint.connect().await?;
     tokio::spawn(connection);
-    let (base, fillfactor) = match candidate.strip_suffix(FILLFACTOR_50) {
-        Some(base) => (base, true),
-        None => (candidate, false),
-    };
-    if fillfactor {
+    let (base, fillfactor) = parse_candidate(candidate)?;
+    if let Some(n) = fillfactor {
         client
-            .batch_execute("ALTER TABLE counters SET (fillfactor = 50)")
+            .batch_execute(&format!("ALTER TABLE counters SET (fillfactor = {n})"))
             .await?;
     }
     let data_dir = DataDir::open(&dir.join("node"))?;
