@@ -5,5 +5,6 @@
 -- existing keys took half the time (bench/analysis.md, "Flushing 1 million existing keys").
 -- The price is a table twice the size. Pages written before this migration stay full until
 -- their rows move (an update that does not fit moves the row to a page filled only to half),
--- or at once with `VACUUM FULL counters`. Setting it takes no lock that blocks reads or writes.
+-- or at once with `VACUUM FULL counters` (which locks the table while it rewrites it). Setting
+-- the fillfactor takes no lock that blocks reads or writes.
 ALTER TABLE counters SET (fillfactor = 50);
