@@ -397,3 +397,51 @@ async fn a_flush_time_overflow_drops_the_keys_whole_delta_in_the_batch() {
         "one row holding the batch's sum for the key"
     );
 }
+
+/// A flush of keys PostgreSQL already has updates each row on its own page (a HOT update,
+/// which adds no index entry): `counters` is filled to half (migration V9), so each page has
+/// room for a new version of every row on it. That is what keeps a flush of many existing
+/// keys cheap (bench/analysis.md, "Flushing 1 million existing keys").
+#[tokio::test]
+async fn a_flush_of_existing_keys_updates_them_in_place() {
+    let app = TestApp::spawn_with(&["--flush-interval", "100ms"]).await;
+    let keys = 3_000;
+    let key = |i: usize| format!("in-place-{i:05}");
+    for round in 1..=2 {
+        for start in (0..keys).step_by(1000) {
+            let items: Vec<_> = (start..start + 1000)
+                .map(|i| json!({"key": key(i), "value": 1}))
+                .collect();
+            let r = app
+                .post_json("/increments", serde_json::to_string(&items).unwrap())
+                .await;
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+        }
+        app.wait_for_totals(&format!("{keys} keys of {round}"), |totals| {
+            totals.len() == keys && totals.iter().all(|(_, v)| *v == round)
+        })
+        .await;
+    }
+
+    // The node's connection reports its statistics within a second or so of going idle.
+    let sql = app.db_client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (updated, in_place) = loop {
+        let row = sql
+            .query_one(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                 WHERE relname = 'counters'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (updated, in_place): (i64, i64) = (row.get(0), row.get(1));
+        if updated >= keys as i64 || std::time::Instant::now() > deadline {
+            break (updated, in_place);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(updated, keys as i64, "each key updated once");
+    assert_eq!(in_place, updated, "every update stayed on its page");
+    app.stop().await.unwrap();
+}

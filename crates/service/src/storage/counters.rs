@@ -26,6 +26,9 @@ pub const CHUNK_ROWS: usize = 10_000;
 ///
 /// The input is sorted by key, so two nodes upserting overlapping keys lock rows in the same
 /// order and cannot deadlock. A total that would overflow makes the statement fail as a whole.
+/// `counters` keeps half of each page free (migration V9), so the update of an existing key
+/// puts its new version beside the old one and adds no index entry: that, not the shape of
+/// this statement, is what decides the cost of a large flush (bench/analysis.md).
 const UPSERT: &str = "
     INSERT INTO counters AS c (key, value, updated_at)
     SELECT key, delta, now() FROM unnest($1::text[], $2::bigint[]) AS input(key, delta)
