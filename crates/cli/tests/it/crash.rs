@@ -168,14 +168,18 @@ async fn a_torn_last_record_is_skipped_and_everything_before_it_is_replayed() {
         "nothing was flushed before the crash"
     );
 
-    // Cut the last record in half, as a crash in the middle of its write would.
+    // Cut the last record in half, as a crash in the middle of its write would. The writer
+    // writes zeros ahead of its records, and a killed node leaves them: the last record ends
+    // at the last byte that is not zero (its key's last byte).
     let segment = last_segment(dir.path());
-    let len = std::fs::metadata(&segment).unwrap().len();
+    let bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(end < bytes.len(), "zeros were written ahead of the records");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(len - 5)
+        .set_len(end as u64 - 5)
         .unwrap();
 
     let mut node = TallyProcess::start(dir.path(), &[], &[("DATABASE_URL", &db.url)]);

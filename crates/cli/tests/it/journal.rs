@@ -501,8 +501,8 @@ async fn journal_ending_in_a_group(dir: &Path, group: usize) -> (Vec<Rec>, u64) 
     let head = records(0..10);
     let (journal, _, _) = open(small_segments(dir, u64::MAX)).unwrap();
     append_all(&journal, &head).await;
-    let last = segments(dir).pop().unwrap();
-    let group_start = fs::metadata(&last).unwrap().len();
+    // Where the records end, not the file: zeros are written ahead of them.
+    let group_start = records_end(&head);
     let tail = records(10..10 + group as u64);
     let slice: Vec<(BatchSeq, &str, i64)> = tail
         .iter()
@@ -675,4 +675,93 @@ async fn a_version_1_journal_replays_as_epoch_0() {
     drop(journal);
     let (_journal, replayed, _) = open(JournalOptions::new(dir.path())).unwrap();
     assert_eq!(replayed.len(), 6, "old and new formats side by side");
+}
+
+/// Options that write zeros ahead of the records, `preallocate` bytes at a time.
+fn preallocated(dir: &Path, segment_bytes: u64, preallocate: u64) -> JournalOptions {
+    JournalOptions {
+        preallocate_bytes: preallocate,
+        ..small_segments(dir, segment_bytes)
+    }
+}
+
+/// A segment's header and `records`: where its last record ends.
+fn records_end(records: &[Rec]) -> u64 {
+    40 + records.iter().map(|(_, k, _)| record_len(k)).sum::<u64>()
+}
+
+/// What a `kill -9` leaves of a journal whose writer writes zeros ahead of its records: the
+/// zeros at the end of the last segment. They are cut at the next start like a torn tail,
+/// every record before them replays, and a clean stop leaves none.
+#[tokio::test]
+async fn zeros_written_ahead_are_cut_after_a_crash_and_every_record_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = |dir: &Path| preallocated(dir, u64::MAX, 64 << 10);
+    let (journal, _, _) = open(options(dir.path())).unwrap();
+    let written = records(0..200);
+    append_all(&journal, &written).await;
+    let last = segments(dir.path()).pop().unwrap();
+    let end = records_end(&written);
+    assert!(
+        fs::metadata(&last).unwrap().len() > end,
+        "zeros are written ahead of the records"
+    );
+    assert_eq!(journal.bytes(), disk_bytes(dir.path()), "and counted");
+
+    // The files as they are while the node runs are what a kill -9 leaves on disk: every
+    // append returned, so every record is durable.
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    journal.close().unwrap();
+    drop(journal);
+    assert_eq!(
+        fs::metadata(&last).unwrap().len(),
+        end,
+        "a clean stop cuts the zeros"
+    );
+    let (_journal, replayed, report) = open(options(dir.path())).unwrap();
+    assert_eq!(replayed, written);
+    assert_eq!(report.torn_tail, None);
+
+    let (journal, replayed, report) = open(options(crashed.path())).unwrap();
+    assert_eq!(replayed, written, "every record before the zeros replays");
+    let torn = report.torn_tail.expect("the zeros are reported");
+    assert!(torn.contains("zeros to the end"), "{torn}");
+    assert!(torn.contains(&format!("at byte {end}")), "{torn}");
+    let crashed_last = crashed.path().join(last.file_name().unwrap());
+    assert_eq!(fs::metadata(&crashed_last).unwrap().len(), end);
+    let more = records(200..260);
+    append_all(&journal, &more).await;
+    journal.close().unwrap();
+    drop(journal);
+    let (_journal, replayed, report) = open(options(crashed.path())).unwrap();
+    assert_eq!(replayed, [written, more].concat());
+    assert_eq!(report.torn_tail, None);
+}
+
+/// Zeros are cut from a segment before the next one is created, so that only the last segment
+/// can end in zeros: damage in an earlier one would refuse to open.
+#[tokio::test]
+async fn closed_segments_end_with_their_last_record_when_zeros_are_written_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = |dir: &Path| preallocated(dir, 4096, 1024);
+    let (journal, _, _) = open(options(dir.path())).unwrap();
+    let written = records(0..300);
+    append_all(&journal, &written).await;
+    journal.settle().await;
+    assert_eq!(journal.bytes(), disk_bytes(dir.path()));
+    let files = segments(dir.path());
+    assert!(files.len() > 3, "{files:?}");
+    for closed in &files[..files.len() - 1] {
+        let bytes = fs::read(closed).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "{} ends in zeros", closed.display());
+    }
+
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    journal.close().unwrap();
+    drop(journal);
+    let (_journal, replayed, report) = open(options(crashed.path())).unwrap();
+    assert_eq!(replayed, written);
+    assert!(report.gaps.is_empty(), "{report:?}");
 }

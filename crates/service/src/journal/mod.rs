@@ -67,11 +67,18 @@ pub struct JournalOptions {
     /// The epoch of the records this process appends: its claim on the node id, above every
     /// epoch already in the journal.
     pub epoch: u64,
+    /// Zeros written ahead of the records in the active segment, this many bytes at a time, so
+    /// that a group commit's `fdatasync` has no file metadata to commit (0: none).
+    pub preallocate_bytes: u64,
+    /// The longest a group commit waits for more records when the last one was big (zero:
+    /// never, the default: `bench/analysis.md` says why).
+    pub commit_delay: std::time::Duration,
 }
 
 impl JournalOptions {
-    /// Default sizes (64 MiB segments, rotation on commit from 1 MiB) for a journal in `dir`
-    /// whose appends belong to epoch 1.
+    /// Default sizes (64 MiB segments, rotation on commit from 1 MiB, zeros written 256 KiB
+    /// ahead) and no group commit delay, for a journal in `dir` whose appends belong to
+    /// epoch 1.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         JournalOptions {
             dir: dir.into(),
@@ -79,6 +86,8 @@ impl JournalOptions {
             rotate_on_commit_bytes: 1 << 20,
             fsync_seconds: None,
             epoch: 1,
+            preallocate_bytes: 256 << 10,
+            commit_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -248,6 +257,7 @@ impl Journal {
             scan.segments.pop();
         }
         let (file, active) = segment::create(&dir, scan.next_lsn, options.epoch)?;
+        let zeroed_to = active.bytes;
         let closed: std::collections::VecDeque<_> = scan.segments.into();
         let bytes = closed.iter().map(|s| s.bytes).sum::<u64>() + active.bytes;
         let shared = Arc::new(Shared::new(scan.next_lsn, bytes, closed.len() + 1));
@@ -266,6 +276,11 @@ impl Journal {
             housekept: 0,
             settled: 0,
             dir_unsynced: false,
+            preallocate: options.preallocate_bytes,
+            zeroed_to,
+            file_len: zeroed_to,
+            commit_delay: options.commit_delay,
+            last_group: 0,
         };
         let thread = std::thread::Builder::new()
             .name("tally-journal".into())

@@ -322,6 +322,15 @@ pub(crate) fn walk(
         };
         let found = find_valid_record(&data[offset + 1..], walk.next_lsn, header.format)
             .map(|at| offset + 1 + at);
+        // The writer writes zeros ahead of its records (`writer.rs`, `zero_ahead`): a crash
+        // leaves them at the end of the last segment, where the rules cut them as a torn tail.
+        let reason = if found.is_none() && data[offset..].iter().all(|&b| b == 0) {
+            format!(
+                "{reason}: zeros to the end of the file (space written ahead for records that never came, or blocks that never reached the disk)"
+            )
+        } else {
+            reason
+        };
         let next_lsn = found.map(|at| u64_at(data, at + record::FRAME_HEADER));
         walk.damages.push(Damage {
             offset,

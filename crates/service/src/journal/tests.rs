@@ -251,3 +251,71 @@ async fn every_sync_is_timed_when_a_histogram_is_given() {
     encode(&mut text, &registry).unwrap();
     assert!(text.contains("journal_fsync_seconds_count 3"), "{text}");
 }
+
+/// The group commit waits for more records only after a big group: appends one after the
+/// other are each synced at once, however long the delay.
+#[tokio::test]
+async fn a_lone_appender_never_waits_for_the_commit_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        commit_delay: std::time::Duration::from_secs(2),
+        ..JournalOptions::new(dir.path())
+    };
+    let (journal, _) = Journal::open(options, |_| {}).unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        journal
+            .append_one(BatchSeq::new(1), &format!("k{i}"), 1)
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "20 appends took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(journal.stats().syncs, 20);
+}
+
+/// Under concurrent load with a long delay, groups grow, and still no append returns before
+/// a sync that covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_delay_makes_bigger_groups_and_acknowledges_only_durable_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        commit_delay: std::time::Duration::from_millis(20),
+        ..JournalOptions::new(dir.path())
+    };
+    let (journal, _) = Journal::open(options, |_| {}).unwrap();
+    let tasks = 32;
+    let per_task = 20;
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let lsn = journal
+                        .append_one_at(BatchSeq::new(1), &format!("t{t}-{i}"), 1)
+                        .await
+                        .unwrap();
+                    assert!(
+                        durable_lsn(&journal) >= lsn,
+                        "record {lsn} acknowledged early"
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let stats = journal.stats();
+    assert_eq!(stats.records, (tasks * per_task) as u64);
+    assert!(
+        stats.syncs * 16 < stats.records,
+        "{} syncs for {} records",
+        stats.syncs,
+        stats.records
+    );
+    journal.close().unwrap();
+}

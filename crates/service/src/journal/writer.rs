@@ -23,6 +23,11 @@
 //! The first record of each generation carries the group-start flag (`record.rs`), which lets
 //! a scan after a power cut tell the unfinished last group commit from acknowledged records.
 //!
+//! Ahead of its records the writer keeps zeros written in the active segment (`zero_ahead`),
+//! so that most syncs overwrite allocated blocks of an unchanged file size and commit no file
+//! metadata; the zeros are cut when a segment is closed or the journal stops. A group commit
+//! can also wait a little for more records under load (`commit_delay`, off by default).
+//!
 //! The writer also owns the segment files: it rotates the active segment and deletes the
 //! segments that [`Journal::committed`](super::Journal::committed) made obsolete, between two
 //! writes, so all journal file I/O happens on this one thread.
@@ -30,10 +35,11 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
@@ -51,6 +57,8 @@ pub(crate) const INJECT_SYNC_FAILURE: u8 = 2;
 /// A spare buffer grown past this by a burst is dropped rather than kept for good.
 const KEEP_BUFFER_CAPACITY: usize = 4 << 20;
 const INITIAL_BUFFER_CAPACITY: usize = 64 << 10;
+/// A group commit is delayed only after a group of at least this many records.
+const DELAY_SIBLINGS: u64 = 16;
 
 /// The durable generation published on one of the two channels.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +80,9 @@ pub(crate) struct Queue {
     next_lsn: u64,
     /// The writer waits on the condition variable; appenders wake it only then.
     writer_idle: bool,
+    /// While the writer delays a group commit: the record count at which an appender wakes it
+    /// before the delay is up; 0 otherwise.
+    writer_wants: u64,
     closing: bool,
     failed: bool,
     /// Calls to `committed` so far; the writer acts on them between writes.
@@ -127,6 +138,7 @@ impl Shared {
                 max_batch: None,
                 next_lsn,
                 writer_idle: false,
+                writer_wants: 0,
                 closing: false,
                 failed: false,
                 commit_requests: 0,
@@ -184,6 +196,9 @@ impl Shared {
         let position = (q.generation, q.next_lsn - 1);
         if q.writer_idle {
             q.writer_idle = false;
+            self.wake_writer.notify_one();
+        } else if q.writer_wants != 0 && q.records >= q.writer_wants {
+            q.writer_wants = 0;
             self.wake_writer.notify_one();
         }
         Ok(position)
@@ -359,6 +374,18 @@ pub(crate) struct Writer {
     /// A segment was deleted but the directory's fsync failed: no further deletion until one
     /// succeeds, so that deletions stay durable oldest first.
     pub dir_unsynced: bool,
+    /// Zeros written ahead of the records at a time (0: none); see [`Writer::zero_ahead`].
+    pub preallocate: u64,
+    /// The active segment's length with the zeros written ahead: records up to there overwrite
+    /// blocks already allocated, and their `fdatasync` changes no metadata.
+    pub zeroed_to: u64,
+    /// The active segment's length on disk as counted in `Shared::bytes`: its records' end or
+    /// the zeros' end, whichever is further.
+    pub file_len: u64,
+    /// The longest a group commit waits for more records when they arrive fast.
+    pub commit_delay: Duration,
+    /// Records in the last group commit.
+    pub last_group: u64,
 }
 
 /// Why the writer stopped: a failure, and the generation whose write or sync it was.
@@ -407,7 +434,15 @@ impl Writer {
                     self.shared.settled.send_replace(requests);
                     Ok(())
                 }
-                Job::Stop => return,
+                Job::Stop => {
+                    // A clean stop leaves no zeros for the next start to cut as a torn tail.
+                    if !self.shared.has_failed()
+                        && let Err(e) = self.trim()
+                    {
+                        tracing::warn!(error = %e, "the next start will cut the journal's preallocated end");
+                    }
+                    return;
+                }
             };
             if let Err(stop) = result {
                 self.shared.fail(stop.reason, stop.generation, stop.cut);
@@ -431,6 +466,10 @@ impl Writer {
                 return Job::Settle(q.settle_requests);
             }
             if !q.buf.is_empty() {
+                q = self.delay_group(q);
+                if q.failed {
+                    return Job::Stop;
+                }
                 std::mem::swap(&mut q.buf, &mut self.spare);
                 let take = Take {
                     generation: q.generation,
@@ -439,6 +478,7 @@ impl Writer {
                 };
                 q.generation += 1;
                 q.records = 0;
+                self.last_group = take.records;
                 return Job::Write(take);
             }
             if q.closing {
@@ -447,6 +487,34 @@ impl Writer {
             q.writer_idle = true;
             q = wait(&self.shared.wake_writer, q);
         }
+    }
+
+    /// Waits a little for more records before a group commit, when the last group was big
+    /// (as PostgreSQL's `commit_delay` does with `commit_siblings`): under load a sync costs
+    /// about the same for 20 records as for 60, so fewer, bigger groups spend less CPU per
+    /// record; a quiet node never waits. An appender ends the wait once the group is twice the
+    /// last one; other work waits for the delay's end.
+    fn delay_group<'q>(
+        &self,
+        mut q: std::sync::MutexGuard<'q, Queue>,
+    ) -> std::sync::MutexGuard<'q, Queue> {
+        if self.commit_delay.is_zero() || self.last_group < DELAY_SIBLINGS {
+            return q;
+        }
+        let wants = self.last_group.saturating_mul(2);
+        let deadline = Instant::now() + self.commit_delay;
+        while q.records < wants && !q.closing && !q.failed {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            q.writer_wants = wants;
+            q = match self.shared.wake_writer.wait_timeout(q, left) {
+                Ok((q, _)) => q,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        q.writer_wants = 0;
+        q
     }
 
     /// Writes and syncs one generation, then publishes it as durable. On failure, cuts what
@@ -472,7 +540,11 @@ impl Writer {
             .set_len(durable)
             .and_then(|()| self.file.sync_all());
         match cut {
-            Ok(()) => true,
+            Ok(()) => {
+                self.zeroed_to = durable;
+                self.count_file_len();
+                true
+            }
             Err(e) => {
                 tracing::error!(segment = %self.active.path.display(), error = %e, "cannot cut the failed write from the journal; its records may be replayed at the next start");
                 false
@@ -481,7 +553,6 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self) -> Result<(), String> {
-        let path = &self.active.path;
         #[cfg(test)]
         let injected = self.shared.inject_failure.swap(0, Ordering::Relaxed);
         #[cfg(not(test))]
@@ -489,8 +560,10 @@ impl Writer {
         let written = if injected == INJECT_WRITE_FAILURE {
             Err(std::io::Error::other("injected write failure"))
         } else {
+            self.zero_ahead(self.spare.len() as u64);
             self.file.write_all(&self.spare)
         };
+        let path = &self.active.path;
         written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let started = Instant::now();
         let synced = if injected == INJECT_SYNC_FAILURE {
@@ -504,13 +577,82 @@ impl Writer {
         synced.map_err(|e| format!("cannot fdatasync {}: {e}", path.display()))
     }
 
+    /// Writes zeros after the `len` bytes about to be appended, `preallocate` bytes at a time
+    /// and never past the segment's size, so that the next group commits overwrite blocks that
+    /// are allocated and written already: their `fdatasync` then has no metadata to commit (no
+    /// new size, no new extent), which on ext4 spares a journal commit per sync. The zeros are
+    /// made durable by the same sync as the records before them, once per `preallocate` bytes.
+    ///
+    /// Zeros are never a record (a length of 0 is invalid): the scan at start cuts a zero tail
+    /// of the last segment like a torn one, and the writer cuts it when it closes a segment, so
+    /// only the last segment can have one. Failing to write them (a full disk) only ends the
+    /// preallocation: the records are appended as before.
+    fn zero_ahead(&mut self, len: u64) {
+        let end = self.active.bytes + len;
+        if self.preallocate == 0 || end <= self.zeroed_to || end >= self.segment_bytes {
+            return;
+        }
+        let to = (end + self.preallocate).min(self.segment_bytes);
+        let zeros = vec![0; (to - end) as usize];
+        match self.file.write_all_at(&zeros, end) {
+            Ok(()) => {
+                self.zeroed_to = to;
+                self.count_file_len();
+            }
+            Err(e) => {
+                tracing::warn!(segment = %self.active.path.display(), error = %e, "cannot write zeros ahead of the journal's records; appending without them from now on");
+                self.preallocate = 0;
+                // Zeros past the records do no harm in the last segment, and `trim` cuts them
+                // when it is closed; this only gives the disk its space back.
+                let _ = self.file.set_len(self.zeroed_to.max(self.active.bytes));
+            }
+        }
+    }
+
+    /// Brings `Shared::bytes` up to date with the active segment's length on disk.
+    fn count_file_len(&mut self) {
+        let len = self.active.bytes.max(self.zeroed_to);
+        if len >= self.file_len {
+            self.shared
+                .bytes
+                .fetch_add(len - self.file_len, Ordering::Relaxed);
+        } else {
+            self.shared
+                .bytes
+                .fetch_sub(self.file_len - len, Ordering::Relaxed);
+        }
+        self.file_len = len;
+    }
+
+    /// Cuts the zeros written ahead from the end of the active segment, durably, so that a
+    /// segment that is no longer the last one ends with its last record.
+    fn trim(&mut self) -> Result<(), String> {
+        let path = &self.active.path;
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+            .len();
+        if len > self.active.bytes {
+            self.file
+                .set_len(self.active.bytes)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| {
+                    format!("cannot cut the preallocated end of {}: {e}", path.display())
+                })?;
+        }
+        self.zeroed_to = self.active.bytes;
+        self.count_file_len();
+        Ok(())
+    }
+
     /// Publishes a synced generation as durable.
     fn publish(&mut self, take: Take) -> Result<(), String> {
         let len = self.spare.len() as u64;
         self.active.add(len, take.records, take.max_batch);
         self.next_lsn += take.records;
+        self.count_file_len();
         let shared = &self.shared;
-        shared.bytes.fetch_add(len, Ordering::Relaxed);
         shared.syncs.fetch_add(1, Ordering::Relaxed);
         shared
             .durable_records
@@ -536,6 +678,7 @@ impl Writer {
     /// write is synced before the next is taken, so no later segment can hold a record while
     /// an earlier one misses one.
     fn rotate(&mut self) -> Result<(), String> {
+        self.trim()?;
         let (file, segment) =
             segment::create(&self.dir, self.next_lsn, self.epoch).map_err(|e| e.to_string())?;
         self.shared
@@ -543,6 +686,8 @@ impl Writer {
             .fetch_add(segment.bytes, Ordering::Relaxed);
         self.shared.segments.fetch_add(1, Ordering::Relaxed);
         self.file = file;
+        self.zeroed_to = segment.bytes;
+        self.file_len = segment.bytes;
         let old = std::mem::replace(&mut self.active, segment);
         tracing::debug!(segment = %old.path.display(), bytes = old.bytes, "journal segment closed");
         self.closed.push_back(old);
@@ -558,9 +703,10 @@ impl Writer {
     fn housekeep(&mut self) -> Result<(), String> {
         let committed = BatchSeq::new(self.shared.committed.load(Ordering::Acquire));
         let replayed = self.shared.replayed.load(Ordering::Acquire);
-        let active = &self.active;
-        if active.max_batch.is_some_and(|b| b <= committed)
-            && active.bytes >= self.rotate_on_commit_bytes
+        // The zeros written ahead count: they are on disk, and toward the journal's bound,
+        // which a node at its bound must get below once PostgreSQL has everything.
+        if self.active.max_batch.is_some_and(|b| b <= committed)
+            && self.file_len >= self.rotate_on_commit_bytes
         {
             self.rotate()?;
         }
