@@ -718,6 +718,8 @@ enum Bound {
     AtLeast(f64),
     AtMost(f64),
     Below(f64),
+    /// A condition, measured as 1 when it holds and 0 when not.
+    Holds,
 }
 
 /// A judged target: the figure measured and its bound.
@@ -733,6 +735,7 @@ impl Judged {
             Bound::AtLeast(b) => self.measured >= b,
             Bound::AtMost(b) => self.measured <= b,
             Bound::Below(b) => self.measured < b,
+            Bound::Holds => self.measured == 1.0,
         }
     }
 
@@ -741,6 +744,8 @@ impl Judged {
         let (bound, side) = match self.bound {
             Bound::AtLeast(b) => (b, "above"),
             Bound::AtMost(b) | Bound::Below(b) => (b, "below"),
+            Bound::Holds if self.met() => return "met".to_owned(),
+            Bound::Holds => return "**missed**".to_owned(),
         };
         let off = (self.measured - bound).abs() / bound;
         if self.met() {
@@ -929,7 +934,7 @@ impl Results {
                 },
                 judged: Some(Judged {
                     measured: if exact { 1.0 } else { 0.0 },
-                    bound: Bound::AtLeast(1.0),
+                    bound: Bound::Holds,
                 }),
                 profile_hint: "",
             },
@@ -2146,6 +2151,8 @@ mod tests {
             "**missed**, at the bound"
         );
         assert!(judged(5.0, Bound::AtMost(5.0)).met());
+        assert_eq!(judged(1.0, Bound::Holds).verdict(), "met");
+        assert_eq!(judged(0.0, Bound::Holds).verdict(), "**missed**");
     }
 
     #[test]
