@@ -35,18 +35,24 @@ install_tools() {
             "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 }
 
-# Prints a loopback TCP port nobody listens on. Another program may take it before it is
-# used; the server started on it then fails to start, and the run says so.
+# Prints a loopback TCP port no socket uses, below the kernel's range of ephemeral ports, so
+# that no client connection of this run (wrk, tally load, the pools) can be holding it. Another
+# program may still take it before it is used; the server started on it then fails to start,
+# and the run says so (Redis, started many times a run, tries again on another port).
 free_port() {
-    local port
+    local low=32768 port
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    ((low > 11000)) || low=32768
     while :; do
-        port=$((20000 + RANDOM % 40000))
-        # A connection refused means no listener.
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            printf '%s\n' "$port"
-            return
+        port=$((10000 + RANDOM % (low - 10000)))
+        if command -v ss >/dev/null; then
+            [[ -z $(ss -Htan "( sport = :$port )" 2>/dev/null) ]] && break
+        # Without ss: a connection refused means no listener.
+        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            break
         fi
     done
+    printf '%s\n' "$port"
 }
 
 # Versions for the machine table.
@@ -127,22 +133,32 @@ measure_nginx() {
 # snapshots, and either no append-only file or one with `appendfsync always` (a write(2) and
 # an fsync before every reply).
 start_redis() {
-    local name=$1 dir=$WORK/redis-$1
+    local name=$1 dir=$WORK/redis-$1 attempt
     mkdir -p "$dir"
-    REDIS_PORT=$(free_port)
     local persistence=(--appendonly no)
     [[ $name == always ]] && persistence=(--appendonly yes --appendfsync always)
-    local cmd=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${persistence[@]}"
-        --dir "$dir" --logfile "$WORK/logs/redis-$name.log")
-    record "${cmd[@]}"
-    setsid "${cmd[@]}" >/dev/null 2>&1 &
-    REDIS_PID=$!
-    local deadline=$((SECONDS + 10))
-    until [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; do
-        kill -0 "$REDIS_PID" 2>/dev/null ||
-            fail "redis-server ($name) exited during start-up: $(tail -n 5 "$WORK/logs/redis-$name.log")"
-        ((SECONDS < deadline)) || fail "redis-server ($name) did not answer within 10 s"
-        sleep 0.1
+    for attempt in 1 2 3; do
+        REDIS_PORT=$(free_port)
+        local cmd=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${persistence[@]}"
+            --dir "$dir" --logfile "$WORK/logs/redis-$name.log")
+        ((attempt > 1)) || record "${cmd[@]}"
+        setsid "${cmd[@]}" >/dev/null 2>&1 &
+        REDIS_PID=$!
+        local deadline=$((SECONDS + 10))
+        until [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; do
+            if ! kill -0 "$REDIS_PID" 2>/dev/null; then
+                wait "$REDIS_PID" 2>/dev/null || true
+                REDIS_PID=
+                # Someone took the port meanwhile: another one.
+                tail -n 3 "$WORK/logs/redis-$name.log" | grep -q 'Address already in use' &&
+                    ((attempt < 3)) &&
+                    continue 2
+                fail "redis-server ($name) exited during start-up: $(tail -n 5 "$WORK/logs/redis-$name.log")"
+            fi
+            ((SECONDS < deadline)) || fail "redis-server ($name) did not answer within 10 s"
+            sleep 0.1
+        done
+        return 0
     done
 }
 
