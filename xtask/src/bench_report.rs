@@ -1798,7 +1798,11 @@ where
 
 /// The chart's path as the report should link it: relative to the report's directory.
 fn relative_link(markdown: &Path, svg: &Path) -> String {
-    let base = markdown.parent().unwrap_or(Path::new(""));
+    // `BENCHMARKS.md` has the parent "", which `absolute` refuses: it means the current directory.
+    let base = match markdown.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let (base, svg_abs) = (absolute(base), absolute(svg));
     svg_abs
