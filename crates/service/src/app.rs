@@ -403,7 +403,10 @@ impl Writers {
         let max_journal_bytes = LiveBound::new(config.max_journal_bytes);
         let mut flush_interval = None;
         let (ingest, pending, flusher) = match config.mode {
-            Mode::Sync => (Ingest::Sync(SyncWriter::start(storage.clone())), None, None),
+            Mode::Sync => {
+                let writer = SyncWriter::start(storage.clone(), metrics.sync_group_size.clone());
+                (Ingest::Sync(writer), None, None)
+            }
             Mode::Buffered => {
                 let ingest = Ingest::Buffered(Buffered {
                     pending: pending.clone(),

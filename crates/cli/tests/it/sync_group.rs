@@ -77,6 +77,18 @@ async fn concurrent_requests_each_get_their_own_exact_total() {
             "key {key}: PostgreSQL holds every increment"
         );
     }
+    // They were written in groups: fewer statements than requests, every request in one.
+    let metrics = app.metrics().await;
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let requests = (CLIENTS * REQUESTS) as f64;
+    assert_eq!(value("tally_sync_group_size_sum "), requests);
+    assert!(
+        value("tally_sync_group_size_count ") < requests,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
