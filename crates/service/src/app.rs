@@ -42,6 +42,7 @@ use crate::recovery;
 use crate::reload::{Hangups, Live, ReadConfig, Reloader};
 use crate::shutdown::Shutdown;
 use crate::storage::{NodeClaim, Owner, Replay, Storage};
+use crate::sync_writer::SyncWriter;
 
 /// How many answers to requests with an `Idempotency-Key` a node keeps, to answer an
 /// immediate retry without the database: about 300 bytes each.
@@ -402,7 +403,10 @@ impl Writers {
         let max_journal_bytes = LiveBound::new(config.max_journal_bytes);
         let mut flush_interval = None;
         let (ingest, pending, flusher) = match config.mode {
-            Mode::Sync => (Ingest::Sync(storage.clone()), None, None),
+            Mode::Sync => {
+                let writer = SyncWriter::start(storage.clone(), metrics.sync_group_size.clone());
+                (Ingest::Sync(writer), None, None)
+            }
             Mode::Buffered => {
                 let ingest = Ingest::Buffered(Buffered {
                     pending: pending.clone(),

@@ -4,7 +4,8 @@
 //! says which batch it landed in; with the journal, a record of it tagged with that batch is
 //! then made durable, and only then is it acknowledged (the flusher writes it to PostgreSQL
 //! later). With `--durability memory` no I/O happens on the way. In `sync` mode it is applied
-//! to PostgreSQL in its own transaction first, and the answer carries the new total.
+//! to PostgreSQL first, in one transaction with the other sync increments that arrived
+//! meanwhile ([`SyncWriter`]), and the answer carries the key's new total.
 //!
 //! When the journal fails, the request's adds are taken back from memory, all or none. Only
 //! when that worked and the journal cut the failed write from its file is nothing applied,
@@ -24,6 +25,7 @@ use crate::item::Item;
 use crate::journal::{Journal, JournalError};
 use crate::pending::{AddError, Unpersisted};
 use crate::storage::{Owner, Storage, StorageError};
+use crate::sync_writer::SyncWriter;
 
 /// What the client is told once an increment is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +67,7 @@ pub enum IngestError {
 #[derive(Clone)]
 pub enum Ingest {
     Buffered(Buffered),
-    Sync(Storage),
+    Sync(SyncWriter),
 }
 
 /// The buffered request path: the pending buffer and what it needs to answer reads.
@@ -126,7 +128,7 @@ impl Ingest {
     pub fn storage(&self) -> &Storage {
         match self {
             Ingest::Buffered(b) => &b.storage,
-            Ingest::Sync(storage) => storage,
+            Ingest::Sync(writer) => writer.storage(),
         }
     }
 
@@ -146,14 +148,11 @@ impl Ingest {
                 }
                 Ok(Receipt::Buffered)
             }
-            // Boxed: the database's future is large, and inline it would make every request's
-            // future as large, which is moved (copied) on each buffered request too.
-            Ingest::Sync(storage) => {
-                match Box::pin(storage.increment(inc.key(), inc.value())).await {
-                    Ok(total) => Ok(Receipt::Applied { total }),
-                    Err(e) => Err(from_storage(e, |_| None)),
-                }
-            }
+            // Boxed: inline, sync mode's future would make every request's future larger, and
+            // it is moved (copied) on each buffered request too.
+            Ingest::Sync(writer) => Box::pin(writer.increment(inc.key(), inc.value()))
+                .await
+                .map(|total| Receipt::Applied { total }),
         }
     }
 
@@ -164,12 +163,13 @@ impl Ingest {
                 let adds: Vec<(&str, i64)> = incs.iter().map(|i| (i.key(), i.value())).collect();
                 b.add_all(&adds).await
             }
-            Ingest::Sync(storage) => {
+            Ingest::Sync(writer) => {
                 let merged = merge_sorted(incs).map_err(|index| IngestError::OutOfRange {
                     key: incs[index].key().to_owned(),
                     index: Some(index),
                 })?;
-                storage
+                writer
+                    .storage()
                     .increment_all(&merged)
                     .await
                     .map_err(|e| from_storage(e, |k| incs.iter().position(|i| i.key() == k)))
@@ -181,7 +181,11 @@ impl Ingest {
     /// memory. `None` for a key never seen.
     pub async fn total(&self, key: &str) -> Result<Option<i64>, IngestError> {
         match self {
-            Ingest::Sync(storage) => storage.counter(key).await.map_err(IngestError::Storage),
+            Ingest::Sync(writer) => writer
+                .storage()
+                .counter(key)
+                .await
+                .map_err(IngestError::Storage),
             Ingest::Buffered(b) => {
                 // Memory first, then PostgreSQL: a batch that commits in between is then in
                 // both, and the progress read with the total says to skip its memory copy.
@@ -222,12 +226,12 @@ impl Ingest {
                 b.add_all(&adds).await?;
                 Ok(ItemsReceipt::Buffered)
             }
-            Ingest::Sync(storage) => {
+            Ingest::Sync(writer) => {
                 let mut pairs: Vec<(&str, &str)> =
                     items.iter().map(|i| (i.tenant(), i.id())).collect();
                 pairs.sort_unstable();
                 pairs.dedup();
-                match storage.add_items(&pairs).await {
+                match writer.storage().add_items(&pairs).await {
                     Ok(counts) => Ok(ItemsReceipt::Applied { counts }),
                     Err(e) => Err(from_storage(e, |_| None)),
                 }

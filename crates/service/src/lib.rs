@@ -34,6 +34,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod storage;
 mod sync;
+pub mod sync_writer;
 pub mod telemetry;
 
 /// Why a node could not start, or a command could not open what it needs (a node's data

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub journal_limit_bytes: Gauge,
     /// Seconds one journal fdatasync took.
     pub journal_fsync_duration: Histogram,
+    /// Requests written in one sync-mode statement (`crate::sync_writer`).
+    pub sync_group_size: Histogram,
     /// PostgreSQL pool connections by state, `idle` or `in_use` (set when scraped).
     pub db_pool_connections: Family<StateLabel, Gauge>,
     /// The pool's size limit.
@@ -152,6 +154,8 @@ impl Default for Metrics {
             journal_bytes: Gauge::default(),
             journal_limit_bytes: Gauge::default(),
             journal_fsync_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
+            // 1 to 1,024: up to a group's cap.
+            sync_group_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             db_pool_connections: Family::default(),
             db_pool_max_connections: Gauge::default(),
             ready: Family::default(),
@@ -290,6 +294,11 @@ impl Metrics {
             "Duration of one journal fdatasync (one per group of requests)",
             Unit::Seconds,
             self.journal_fsync_duration.clone(),
+        );
+        r.register(
+            "sync_group_size",
+            "Requests written together in one sync-mode statement and transaction",
+            self.sync_group_size.clone(),
         );
         r.register(
             "db_pool_connections",

@@ -27,4 +27,5 @@ mod process;
 mod recovery;
 mod reload;
 mod schema;
+mod sync_group;
 mod tls;

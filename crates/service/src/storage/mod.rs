@@ -19,6 +19,7 @@ mod counters;
 mod idempotency;
 mod items;
 mod migrations;
+mod sync_group;
 
 use std::fmt;
 use std::time::Duration;
@@ -61,8 +62,9 @@ pub struct Storage {
     timeout: Duration,
 }
 
-/// A database failure, sorted by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
+/// A database failure, sorted by what the caller can do about it. Cloned for each request of
+/// a sync group that one failure answers.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// A total would leave the signed 64-bit range; `key` names it when known.
     #[error("the total would leave the signed 64-bit range")]
