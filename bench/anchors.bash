@@ -208,7 +208,7 @@ measure_pgbench() {
 INSERT INTO counters (key, value) VALUES ('pgbench-' || :k, 1) ON CONFLICT (key) DO UPDATE SET value = counters.value + EXCLUDED.value;
 EOF
     if [[ $COMMANDS != /dev/null ]]; then
-        printf '# %s, the per-request upsert:\n' "$WORK/upsert.sql" >>"$COMMANDS"
+        printf '# $WORK/upsert.sql, the per-request upsert:\n' >>"$COMMANDS"
         sed 's/^/#   /' "$script" >>"$COMMANDS"
     fi
     local base=(pgbench -h "$socket" -p 5432 -U tally -n -M prepared -c "$CONNECTIONS" -j 2
