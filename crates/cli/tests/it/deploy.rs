@@ -34,6 +34,7 @@ use crate::helpers::promql::{
     tally_selectors,
 };
 use crate::helpers::root;
+use crate::helpers::yaml::{seq, str_at, str_seq};
 
 const COMPOSE: &str = "deploy/compose.yaml";
 const HAPROXY_CFG: &str = "deploy/haproxy/haproxy.cfg";
@@ -1560,28 +1561,6 @@ fn yaml(path: &str) -> Yaml {
         .apply_merge()
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     value
-}
-
-fn str_at<'a>(value: &'a Yaml, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(value, |v, key| v.get(key))
-        .and_then(Yaml::as_str)
-        .unwrap_or_else(|| panic!("no string at {path:?} in {value:?}"))
-}
-
-fn seq<'a>(value: &'a Yaml, key: &str) -> &'a [Yaml] {
-    value
-        .get(key)
-        .and_then(Yaml::as_sequence)
-        .map(Vec::as_slice)
-        .unwrap_or_else(|| panic!("no list `{key}` in {value:?}"))
-}
-
-fn str_seq<'a>(value: &'a Yaml, key: &str) -> Vec<&'a str> {
-    seq(value, key)
-        .iter()
-        .map(|v| v.as_str().expect("a string"))
-        .collect()
 }
 
 /// Runs a program the tests take from the system, in the repository root.

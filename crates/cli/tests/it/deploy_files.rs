@@ -27,6 +27,7 @@ use serde_yaml_ng::Value as Yaml;
 use crate::helpers::postgres::fresh_database;
 use crate::helpers::process::TallyProcess;
 use crate::helpers::root;
+use crate::helpers::yaml::{seq, str_at, str_seq};
 
 const UNIT: &str = "deploy/systemd/tally.service";
 const UNIT_ENV: &str = "deploy/systemd/tally.env";
@@ -812,28 +813,6 @@ fn read(path: &str) -> String {
 
 fn yaml(path: &str) -> Yaml {
     serde_yaml_ng::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
-}
-
-fn str_at<'a>(value: &'a Yaml, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(value, |v, key| v.get(key))
-        .and_then(Yaml::as_str)
-        .unwrap_or_else(|| panic!("no string at {path:?} in {value:?}"))
-}
-
-fn seq<'a>(value: &'a Yaml, key: &str) -> &'a [Yaml] {
-    value
-        .get(key)
-        .and_then(Yaml::as_sequence)
-        .map(Vec::as_slice)
-        .unwrap_or_else(|| panic!("no list `{key}` in {value:?}"))
-}
-
-fn str_seq<'a>(value: &'a Yaml, key: &str) -> Vec<&'a str> {
-    seq(value, key)
-        .iter()
-        .map(|v| v.as_str().expect("a string"))
-        .collect()
 }
 
 fn duration(text: &str) -> Duration {

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod postgres;
 pub mod process;
 pub mod promql;
+pub mod yaml;
 
 /// The repository's root, which holds `deploy/`, `docs/` and the `Dockerfile`. Every path the
 /// tests take to a file of the repository starts here, so that moving the tests elsewhere (into
