@@ -182,6 +182,9 @@ struct PendingMemory {
     key_bytes: u64,
     resident_mib: f64,
     bytes_per_key: f64,
+    /// Once the allocator has returned the memory it held free (the smaller tables the map
+    /// outgrew); absent from older reports.
+    held_bytes_per_key: Option<f64>,
 }
 
 /// The measurements of one round, back to back: `tally load` against each mode on a fresh
@@ -435,7 +438,8 @@ fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> anyhow::Result<T> {
     serde_json::from_str(&read_text(dir, name)?).with_context(|| format!("malformed {name}"))
 }
 
-/// Reads `1000000 pending keys of 36 bytes: 96.4 MiB resident, 101 bytes per key`.
+/// Reads `1000000 pending keys of 36 bytes: 96.4 MiB resident, 101 bytes per key; once freed
+/// memory is returned: 71.0 MiB, 74 bytes per key` (the part after `;` is optional).
 fn parse_pending_memory(text: &str) -> anyhow::Result<PendingMemory> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let before = |marker: &str| -> anyhow::Result<&str> {
@@ -451,15 +455,16 @@ fn parse_pending_memory(text: &str) -> anyhow::Result<PendingMemory> {
         .position(|w| *w == "of")
         .and_then(|at| words.get(at + 1))
         .context("no key length")?;
+    let mut per_key = words
+        .windows(4)
+        .filter(|w| w[1..] == ["bytes", "per", "key"] || w[1..] == ["bytes", "per", "key;"])
+        .filter_map(|w| w[0].parse().ok());
     Ok(PendingMemory {
         keys: words.first().context("empty output")?.parse()?,
         key_bytes: after_of.parse()?,
         resident_mib: before("MiB")?.parse()?,
-        bytes_per_key: words
-            .windows(4)
-            .find(|w| w[1..] == ["bytes", "per", "key"])
-            .context("no `bytes per key`")?[0]
-            .parse()?,
+        bytes_per_key: per_key.next().context("no `bytes per key`")?,
+        held_bytes_per_key: per_key.next(),
     })
 }
 
@@ -1585,11 +1590,11 @@ fn write_keys(w: &mut String, results: &Results) -> anyhow::Result<()> {
     writeln!(w)?;
     writeln!(
         w,
-        "| keys | flush, new keys: s | rows/s | flush, existing keys: s | rows/s | sorting the batch: s | pending map: resident MiB | bytes per key |"
+        "| keys | flush, new keys: s | rows/s | flush, existing keys: s | rows/s | sorting the batch: s | pending map: resident MiB | bytes per key | once freed memory is returned: bytes per key |"
     )?;
     writeln!(
         w,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for &keys in &run.scale_keys {
         let flush = results.flushes.iter().find(|f| f.keys == keys);
@@ -1606,8 +1611,14 @@ fn write_keys(w: &mut String, results: &Results) -> anyhow::Result<()> {
             None => "not run (`BENCH_FLUSH_10M=1`) | | | |".to_owned(),
         };
         let pending_cells = match pending {
-            Some(p) => format!("{:.1} | {:.0}", p.resident_mib, p.bytes_per_key),
-            None => "— | —".to_owned(),
+            Some(p) => format!(
+                "{:.1} | {:.0} | {}",
+                p.resident_mib,
+                p.bytes_per_key,
+                p.held_bytes_per_key
+                    .map_or("—".to_owned(), |b| format!("{b:.0}"))
+            ),
+            None => "— | — | —".to_owned(),
         };
         writeln!(
             w,
@@ -1851,7 +1862,15 @@ mod tests {
         .unwrap();
         assert_eq!((p.keys, p.key_bytes), (1_000_000, 36));
         assert_eq!(p.resident_mib, 96.0);
-        assert_eq!(p.bytes_per_key, 101.0);
+        assert_eq!((p.bytes_per_key, p.held_bytes_per_key), (101.0, None));
+
+        let p = parse_pending_memory(
+            "1000000 pending keys of 36 bytes: 76.0 MiB resident, 80 bytes per key; \
+             once freed memory is returned: 71.0 MiB, 74 bytes per key\ncut of 1000000 keys: 41.6 ms\n",
+        )
+        .unwrap();
+        assert_eq!((p.resident_mib, p.bytes_per_key), (76.0, 80.0));
+        assert_eq!(p.held_bytes_per_key, Some(74.0));
     }
 
     /// A `tally load --json` report with the fields the report reads.

@@ -11,7 +11,6 @@
 //! it which batch it landed in; [`PendingDeltas::add`] returns that number, and that is the
 //! number the journal records with it. No increment can fall between two batches.
 
-use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -19,6 +18,7 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use super::key_map::{KeyHasher, KeyMap};
 use crate::batch::BatchSeq;
 use crate::sync::lock;
 
@@ -42,9 +42,7 @@ pub enum AddError {
 
 struct Shard {
     batch: BatchSeq,
-    deltas: HashTable<(Box<str>, i64)>,
-    /// Bytes of the keys in `deltas`, for the metrics.
-    key_bytes: usize,
+    deltas: KeyMap,
     /// Increments summed into `deltas`, so that a stop that cannot write them can say how
     /// many acknowledged increments it dropped. Kept under the shard's lock, beside the
     /// deltas, so that counting costs the request path no shared atomic.
@@ -56,7 +54,7 @@ struct Shard {
 /// The sharded map of pending deltas. Cheap to share behind an `Arc`.
 pub struct PendingDeltas {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
-    hasher: foldhash::fast::RandomState,
+    hasher: KeyHasher,
     /// Keys held in memory: in the open maps and in cut batches not yet released.
     keys: CachePadded<AtomicUsize>,
     /// The bound on `keys`; a reload may change it ([`PendingDeltas::set_max_keys`]).
@@ -73,8 +71,7 @@ impl PendingDeltas {
             .map(|_| {
                 CachePadded::new(Mutex::new(Shard {
                     batch: first_batch,
-                    deltas: HashTable::new(),
-                    key_bytes: 0,
+                    deltas: KeyMap::default(),
                     increments: 0,
                     closed: false,
                 }))
@@ -82,7 +79,7 @@ impl PendingDeltas {
             .collect();
         PendingDeltas {
             shards,
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: KeyHasher::default(),
             keys: CachePadded::new(AtomicUsize::new(0)),
             max_keys: AtomicUsize::new(max_keys),
             dirty: CachePadded::new(AtomicBool::new(false)),
@@ -91,7 +88,7 @@ impl PendingDeltas {
 
     /// The key's hash and its shard's index.
     fn locate(&self, key: &str) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
+        let hash = KeyMap::hash(&self.hasher, key);
         // hashbrown uses the low bits for the bucket and the top seven for its tag; the shard
         // comes from bits in between so that neither is skewed within a shard.
         (hash, (hash >> 40) as usize & (SHARDS - 1))
@@ -105,20 +102,14 @@ impl PendingDeltas {
             return Err(AddError::Closed);
         }
         let batch = shard.batch;
-        let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
-        match shard.deltas.entry(hash, |(k, _)| **k == *key, hasher) {
-            Entry::Occupied(mut e) => {
-                let sum = &mut e.get_mut().1;
-                *sum = sum.checked_add(delta).ok_or(AddError::Overflow)?;
+        let admit = || {
+            if self.keys.load(Ordering::Relaxed) >= self.max_keys.load(Ordering::Relaxed) {
+                return Err(AddError::Full);
             }
-            Entry::Vacant(e) => {
-                if self.keys.load(Ordering::Relaxed) >= self.max_keys.load(Ordering::Relaxed) {
-                    return Err(AddError::Full);
-                }
-                e.insert((key.into(), delta));
-                shard.key_bytes += key.len();
-                self.keys.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(())
+        };
+        if shard.deltas.add(&self.hasher, hash, key, delta, admit)? {
+            self.keys.fetch_add(1, Ordering::Relaxed);
         }
         shard.increments += 1;
         drop(shard);
@@ -145,14 +136,21 @@ impl PendingDeltas {
             return Err((None, AddError::Closed));
         }
 
-        // Check: the sum each key would reach, counting repeats within `items`.
+        // Check: the sum each key would reach, counting repeats within `items`, and that each
+        // shard's arena has room for all of them (counting every key as new, which is more
+        // than enough).
+        let mut new_bytes = vec![0usize; guards.len()];
+        for ((key, _), &(_, shard)) in items.iter().zip(&located) {
+            let guard = guard_of(shard);
+            new_bytes[guard] += key.len();
+            if !guards[guard].deltas.has_room_for(new_bytes[guard]) {
+                return Err((None, AddError::Full));
+            }
+        }
         let mut new_keys = 0usize;
         let mut seen: HashTable<(usize, i64)> = HashTable::with_capacity(items.len());
         for (i, ((key, delta), &(hash, shard))) in items.iter().zip(&located).enumerate() {
-            let current = guards[guard_of(shard)]
-                .deltas
-                .find(hash, |(k, _)| **k == **key)
-                .map(|(_, d)| *d);
+            let current = guards[guard_of(shard)].deltas.get(hash, key);
             let entry = seen.entry(hash, |&(j, _)| items[j].0 == *key, |&(j, _)| located[j].0);
             match entry {
                 Entry::Occupied(mut e) => {
@@ -185,14 +183,10 @@ impl PendingDeltas {
             let shard = &mut *guards[guard_of(shard)];
             batches.push(shard.batch);
             shard.increments += 1;
-            let hasher = |(k, _): &(Box<str>, i64)| self.hasher.hash_one(&**k);
-            match shard.deltas.entry(hash, |(k, _)| **k == **key, hasher) {
-                Entry::Occupied(mut e) => e.get_mut().1 += delta,
-                Entry::Vacant(e) => {
-                    e.insert(((*key).into(), *delta));
-                    shard.key_bytes += key.len();
-                }
-            }
+            shard
+                .deltas
+                .add(&self.hasher, hash, key, *delta, || Ok(()))
+                .expect("every sum and every shard's room for new keys was checked");
         }
         self.keys.fetch_add(new_keys, Ordering::Relaxed);
         drop(guards);
@@ -219,7 +213,7 @@ impl PendingDeltas {
             .zip(&located)
             .all(|(&(key, _, batch), &(hash, s))| {
                 let shard = &guards[guard_of(s)];
-                shard.batch == batch && shard.deltas.find(hash, |(k, _)| **k == *key).is_some()
+                shard.batch == batch && shard.deltas.get(hash, key).is_some()
             });
         if !all_open {
             return false;
@@ -227,17 +221,11 @@ impl PendingDeltas {
         let mut removed = 0;
         for (&(key, delta, _), &(hash, s)) in adds.iter().zip(&located) {
             let shard = &mut *guards[guard_of(s)];
-            let Ok(mut entry) = shard.deltas.find_entry(hash, |(k, _)| **k == *key) else {
+            let Some(gone) = shard.deltas.take_back(hash, key, delta) else {
                 continue;
             };
-            // Cannot overflow: it reverses an add made to this same sum.
-            entry.get_mut().1 -= delta;
             shard.increments = shard.increments.saturating_sub(1);
-            if entry.get().1 == 0 {
-                entry.remove();
-                shard.key_bytes -= key.len();
-                removed += 1;
-            }
+            removed += usize::from(gone);
         }
         self.keys.fetch_sub(removed, Ordering::Relaxed);
         true
@@ -255,10 +243,7 @@ impl PendingDeltas {
     pub fn get(&self, key: &str) -> Option<(i64, BatchSeq)> {
         let (hash, shard) = self.locate(key);
         let shard = lock(&self.shards[shard]);
-        shard
-            .deltas
-            .find(hash, |(k, _)| **k == *key)
-            .map(|(_, d)| (*d, shard.batch))
+        shard.deltas.get(hash, key).map(|d| (d, shard.batch))
     }
 
     /// The rest of every key of the open batch that starts with `prefix`, appended to `out`.
@@ -270,8 +255,8 @@ impl PendingDeltas {
             out.extend(
                 shard
                     .deltas
-                    .iter()
-                    .filter_map(|(k, _)| k.strip_prefix(prefix))
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(prefix))
                     .map(Box::from),
             );
         }
@@ -297,16 +282,20 @@ impl PendingDeltas {
         for shard in self.shards.iter() {
             // The next batch will likely see about as many keys as this one: sized for them
             // now, its map never grows (and rehashes) on the request path.
-            let sized = HashTable::with_capacity(lock(shard).deltas.len());
+            let sized = {
+                let map = &lock(shard).deltas;
+                KeyMap::with_capacity(map.len())
+            };
             let mut shard = lock(shard);
             shard.batch = next;
-            shard.key_bytes = 0;
             increments += std::mem::take(&mut shard.increments);
             maps.push(std::mem::replace(&mut shard.deltas, sized));
         }
-        let mut deltas = Vec::with_capacity(maps.iter().map(HashTable::len).sum());
+        // Each key gets its own allocation here, outside the locks: the batch in flight is
+        // sorted, searched and encoded as `(key, delta)` pairs.
+        let mut deltas = Vec::with_capacity(maps.iter().map(KeyMap::len).sum());
         for map in maps {
-            deltas.extend(map);
+            deltas.extend(map.into_owned());
         }
         (deltas, increments)
     }
@@ -353,7 +342,7 @@ impl PendingDeltas {
             .iter()
             .map(|s| {
                 let s = lock(s);
-                s.key_bytes + s.deltas.len() * std::mem::size_of::<i64>()
+                s.deltas.key_bytes() + s.deltas.len() * std::mem::size_of::<i64>()
             })
             .sum()
     }

@@ -12,6 +12,7 @@
 //! a stop that cannot write them would drop.
 
 mod deltas;
+mod key_map;
 
 pub use deltas::{AddError, PendingDeltas};
 
