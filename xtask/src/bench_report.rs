@@ -1615,7 +1615,9 @@ fn write_keys(w: &mut String, results: &Results) -> anyhow::Result<()> {
                 "{:.1} | {:.0} | {}",
                 p.resident_mib,
                 p.bytes_per_key,
+                // Below zero at a few keys: returning freed memory took more than they hold.
                 p.held_bytes_per_key
+                    .filter(|b| *b >= 0.0)
                     .map_or("—".to_owned(), |b| format!("{b:.0}"))
             ),
             None => "— | — | —".to_owned(),
