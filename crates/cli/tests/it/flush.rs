@@ -445,3 +445,108 @@ async fn a_flush_of_existing_keys_updates_them_in_place() {
     assert_eq!(in_place, updated, "every update stayed on its page");
     app.stop().await.unwrap();
 }
+
+/// The flush's statement for a batch with an overflowing key locks rows in the same order as
+/// every other writer, byte order, whatever the database's collation: in a database that
+/// sorts `a` before `B` (ICU, en-US), it waits for `B` without holding `a`. When it locked
+/// rows in the collation's order, a transaction holding `B` and then asking for `a` made a
+/// deadlock, and PostgreSQL aborted the flush.
+#[tokio::test]
+async fn a_flush_with_an_overflowing_key_locks_rows_in_byte_order_under_any_collation() {
+    let db = crate::helpers::postgres::fresh_database_with(
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'",
+    );
+    let app = TestApp::spawn_on(
+        db,
+        tempfile::tempdir().unwrap(),
+        &["--flush-interval", "100ms"],
+    )
+    .await;
+    let sql = app.db_client().await;
+    // '0' sorts first in both orders, so the plain statement fails at once on the overflow,
+    // before it locks anything, and the statement that leaves the key out runs.
+    sql.batch_execute(&format!(
+        "INSERT INTO counters (key, value) VALUES ('0-near-max', {}), ('a', 0), ('B', 0)",
+        i64::MAX - 10
+    ))
+    .await
+    .unwrap();
+    let (ours, connection) = app
+        .db
+        .config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    ours.batch_execute("SET statement_timeout = '20s'; BEGIN; UPDATE counters SET value = value + 100 WHERE key = 'B'")
+        .await
+        .unwrap();
+
+    let r = app
+        .post_json(
+            "/increments",
+            r#"[{"key": "0-near-max", "value": 15}, {"key": "a", "value": 1}, {"key": "B", "value": 1}]"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // The flush now waits for our lock on B.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never waited for B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Holding B, ask for a: a deadlock if the flush holds a while it waits for B.
+    let ours_on_a = ours
+        .batch_execute("UPDATE counters SET value = value + 100 WHERE key = 'a'; COMMIT")
+        .await;
+    if ours_on_a.is_err() {
+        ours.batch_execute("ROLLBACK").await.unwrap();
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db_totals(&app.db)
+        .await
+        .iter()
+        .any(|(k, v)| k == "a" && *v % 100 != 1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never reached PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = app.metrics().await;
+    assert!(ours_on_a.is_ok(), "our transaction failed: {ours_on_a:?}");
+    assert!(
+        !metrics.contains(r#"tally_flushes_total{outcome="failed"} 1"#),
+        "a flush failed (a deadlock):\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("flushes_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        db_totals(&app.db).await,
+        vec![
+            ("0-near-max".to_owned(), i64::MAX - 10),
+            ("a".to_owned(), 101), // in the database's order
+            ("B".to_owned(), 101),
+        ]
+    );
+}
