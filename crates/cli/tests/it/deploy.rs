@@ -372,17 +372,9 @@ async fn every_alert_links_to_its_runbook_section_on_a_node() {
 /// Whether a Markdown page has a heading whose GitHub anchor is `anchor`, or an explicit
 /// `id`/`name` attribute with that value.
 fn has_anchor(markdown: &str, anchor: &str) -> bool {
-    let slug = |heading: &str| -> String {
-        heading
-            .trim()
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
-            .map(|c| if c == ' ' { '-' } else { c })
-            .collect()
-    };
     markdown.lines().any(|line| {
-        line.trim_start().starts_with('#') && slug(line.trim_start_matches('#')) == anchor
+        line.trim_start().starts_with('#')
+            && tally::http::runbook_anchor(line.trim_start_matches('#')) == anchor
             || line.contains(&format!("id=\"{anchor}\""))
             || line.contains(&format!("name=\"{anchor}\""))
     })

@@ -29,6 +29,8 @@ use axum::Router;
 pub use context::ApiContext;
 use error::ApiError;
 use route::Route;
+/// The anchor a runbook heading gets, on GitHub and on `GET /runbook` alike.
+pub use runbook::anchor as runbook_anchor;
 
 /// How the API is served.
 pub struct Serving {
