@@ -218,15 +218,21 @@ async fn check_totals(
     client: &tokio_postgres::Client,
     deltas: &[(Box<str>, i64)],
 ) -> anyhow::Result<()> {
-    let keys: Vec<&str> = deltas.iter().map(|(key, _)| &**key).collect();
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce(sum(c.value), 0)::bigint
-             FROM counters c WHERE c.key = ANY($1::text[])",
-            &[&keys],
-        )
-        .await?;
-    let (rows, sum): (i64, i64) = (row.get(0), row.get(1));
+    // In slices: one array of 10 million keys makes PostgreSQL pass its 1 GB limit on a
+    // string while it builds the statement's text.
+    let (mut rows, mut sum) = (0i64, 0i64);
+    for slice in deltas.chunks(100_000) {
+        let keys: Vec<&str> = slice.iter().map(|(key, _)| &**key).collect();
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce(sum(c.value), 0)::bigint
+                 FROM counters c WHERE c.key = ANY($1::text[])",
+                &[&keys],
+            )
+            .await?;
+        rows += row.get::<_, i64>(0);
+        sum += row.get::<_, i64>(1);
+    }
     anyhow::ensure!(
         rows == deltas.len() as i64 && sum == 2 * deltas.len() as i64,
         "PostgreSQL holds {rows} of the {} keys with a sum of {sum}, expected 2 per key",
@@ -271,10 +277,12 @@ async fn forget(
             )
             .await?;
     }
-    let keys: Vec<&str> = deltas.iter().map(|(key, _)| &**key).collect();
-    client
-        .execute("DELETE FROM counters WHERE key = ANY($1::text[])", &[&keys])
-        .await?;
+    for slice in deltas.chunks(100_000) {
+        let keys: Vec<&str> = slice.iter().map(|(key, _)| &**key).collect();
+        client
+            .execute("DELETE FROM counters WHERE key = ANY($1::text[])", &[&keys])
+            .await?;
+    }
     for table in ["tally_nodes", "tally_epochs", "tally_replays"] {
         client
             .execute(&format!("DELETE FROM {table} WHERE node_id = $1"), &[&node])
