@@ -139,13 +139,16 @@ impl PendingDeltas {
         // Check: the sum each key would reach, counting repeats within `items`, and that each
         // shard's arena has room for all of them (counting every key as new, which is more
         // than enough).
-        let mut new_bytes = vec![0usize; guards.len()];
+        let mut stored = vec![0usize; guards.len()];
         for ((key, _), &(_, shard)) in items.iter().zip(&located) {
-            let guard = guard_of(shard);
-            new_bytes[guard] += key.len();
-            if !guards[guard].deltas.has_room_for(new_bytes[guard]) {
-                return Err((None, AddError::Full));
-            }
+            stored[guard_of(shard)] += KeyMap::stored_len(key);
+        }
+        if guards
+            .iter()
+            .zip(&stored)
+            .any(|(g, &bytes)| !g.deltas.has_room_for(bytes))
+        {
+            return Err((None, AddError::Full));
         }
         let mut new_keys = 0usize;
         let mut seen: HashTable<(usize, i64)> = HashTable::with_capacity(items.len());

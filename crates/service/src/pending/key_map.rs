@@ -145,11 +145,18 @@ impl KeyMap {
         self.key_bytes
     }
 
-    /// Whether keys of `bytes` bytes in all can be added, however they fall into chunks.
-    pub fn has_room_for(&self, bytes: usize) -> bool {
-        // Each chunk may end with up to one key's worth unused: a full chunk per half chunk
-        // of keys, plus the last chunk, covers it.
-        let chunks = self.arena.chunks.len() + 1 + bytes.div_ceil(CHUNK / 2);
+    /// Bytes `key` takes in the arena: its length, then itself.
+    pub fn stored_len(key: &str) -> usize {
+        LEN_BYTES + key.len()
+    }
+
+    /// Whether keys taking `stored` bytes in all ([`stored_len`](Self::stored_len)) can be
+    /// added, however they fall into chunks.
+    pub fn has_room_for(&self, stored: usize) -> bool {
+        // A key starts a new chunk only when it does not fit in the last one, so every chunk
+        // but the last is more than half full: a chunk per half chunk stored, and the last
+        // one, cover any order of keys.
+        let chunks = self.arena.chunks.len() + 1 + stored.div_ceil(CHUNK / 2);
         chunks * CHUNK <= MAX_ARENA
     }
 
@@ -318,6 +325,7 @@ mod tests {
         assert_eq!(get(&map, &hasher, &longest), Some(1));
         let too_long = "k".repeat(MAX_KEY + 1);
         assert_eq!(add(&mut map, &hasher, &too_long, 1), Err(AddError::Full));
-        assert!(map.has_room_for(1 << 20) && !map.has_room_for(MAX_ARENA));
+        assert_eq!(KeyMap::stored_len("k"), 3, "one byte of key, three stored");
+        assert!(map.has_room_for(1 << 20) && !map.has_room_for(MAX_ARENA / 2));
     }
 }
