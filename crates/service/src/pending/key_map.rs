@@ -30,8 +30,9 @@ const CHUNK: usize = 64 * 1024;
 /// Bytes of the length stored before each key.
 const LEN_BYTES: usize = 2;
 
-/// The longest key the arena stores; keys are validated far below it.
-const MAX_KEY: usize = u16::MAX as usize;
+/// The longest key the arena stores, its length included a chunk; keys are validated far
+/// below it.
+const MAX_KEY: usize = CHUNK - LEN_BYTES;
 
 /// The arena's limit: slots address it with 32-bit offsets.
 const MAX_ARENA: usize = u32::MAX as usize;
@@ -153,9 +154,9 @@ impl KeyMap {
     /// Whether keys taking `stored` bytes in all ([`stored_len`](Self::stored_len)) can be
     /// added, however they fall into chunks.
     pub fn has_room_for(&self, stored: usize) -> bool {
-        // A key starts a new chunk only when it does not fit in the last one, so every chunk
-        // but the last is more than half full: a chunk per half chunk stored, and the last
-        // one, cover any order of keys.
+        // A key starts a new chunk only when it does not fit in the last one, so any two
+        // neighbouring chunks hold more than a chunk's worth: a chunk per half chunk stored,
+        // and one more, cover any order of keys.
         let chunks = self.arena.chunks.len() + 1 + stored.div_ceil(CHUNK / 2);
         chunks * CHUNK <= MAX_ARENA
     }
@@ -323,6 +324,10 @@ mod tests {
         let longest = "k".repeat(MAX_KEY);
         assert_eq!(add(&mut map, &hasher, &longest, 1), Ok(true));
         assert_eq!(get(&map, &hasher, &longest), Some(1));
+        assert!(
+            map.arena.chunks.iter().all(|c| c.capacity() == CHUNK),
+            "the longest key fills a chunk exactly: no chunk grew"
+        );
         let too_long = "k".repeat(MAX_KEY + 1);
         assert_eq!(add(&mut map, &hasher, &too_long, 1), Err(AddError::Full));
         assert_eq!(KeyMap::stored_len("k"), 3, "one byte of key, three stored");
