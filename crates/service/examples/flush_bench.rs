@@ -20,6 +20,8 @@
 //! with Tally's default settings (the same a node runs with), and stops it at the end. With
 //! `DATABASE_URL` it uses that database and deletes its keys and node row afterwards.
 
+mod common;
+
 use std::time::Instant;
 
 use clap::Parser;
@@ -153,7 +155,7 @@ async fn run(
     if args.items {
         check_items(&client, &tenant, deltas.len()).await?;
     } else {
-        check_totals(&client, &deltas).await?;
+        common::check_totals(&client, &deltas, 2).await?;
     }
     if !managed {
         forget(&client, &deltas, &tenant, node.as_str()).await?;
@@ -211,34 +213,6 @@ async fn timed_flush(
         seconds,
         rows_per_sec: deltas.len() as f64 / seconds,
     })
-}
-
-/// Fails unless every key of the batch is in PostgreSQL with the total of two flushes.
-async fn check_totals(
-    client: &tokio_postgres::Client,
-    deltas: &[(Box<str>, i64)],
-) -> anyhow::Result<()> {
-    // In slices: one array of 10 million keys makes PostgreSQL pass its 1 GB limit on a
-    // string while it builds the statement's text.
-    let (mut rows, mut sum) = (0i64, 0i64);
-    for slice in deltas.chunks(100_000) {
-        let keys: Vec<&str> = slice.iter().map(|(key, _)| &**key).collect();
-        let row = client
-            .query_one(
-                "SELECT count(*), coalesce(sum(c.value), 0)::bigint
-                 FROM counters c WHERE c.key = ANY($1::text[])",
-                &[&keys],
-            )
-            .await?;
-        rows += row.get::<_, i64>(0);
-        sum += row.get::<_, i64>(1);
-    }
-    anyhow::ensure!(
-        rows == deltas.len() as i64 && sum == 2 * deltas.len() as i64,
-        "PostgreSQL holds {rows} of the {} keys with a sum of {sum}, expected 2 per key",
-        deltas.len()
-    );
-    Ok(())
 }
 
 /// Fails unless the tenant has exactly `ids` items, in rows and in its count.

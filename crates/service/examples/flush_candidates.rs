@@ -19,6 +19,8 @@
 //! The candidates other than `library` write the deltas only, without the batch's progress
 //! row (one row, the same for all): they measure the SQL shape of the deltas.
 
+mod common;
+
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
@@ -287,19 +289,9 @@ async fn run(
     let (table_mb, index_mb): (f64, f64) = (row.get(0), row.get(1));
     drop(claim);
 
-    let keys: Vec<&str> = deltas.iter().map(|(key, _)| &**key).collect();
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce(sum(c.value), 0)::bigint
-             FROM counters c WHERE c.key = ANY($1::text[])",
-            &[&keys],
-        )
-        .await?;
-    let (rows, sum): (i64, i64) = (row.get(0), row.get(1));
-    anyhow::ensure!(
-        rows == deltas.len() as i64 && sum == (updates as i64 + 1) * deltas.len() as i64,
-        "{candidate}: {rows} rows with a sum of {sum}"
-    );
+    common::check_totals(&client, deltas, updates as i64 + 1)
+        .await
+        .map_err(|e| e.context(candidate.to_owned()))?;
     storage.close();
     Ok(Measurement {
         round,
