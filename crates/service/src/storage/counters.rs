@@ -39,23 +39,12 @@ const UPSERT: &str = "
 /// plain statement refused. Finding overflowing keys in one pass spares the bisection of
 /// [`upsert_isolating`] for them.
 ///
-/// Rows are written in the order the keys were given (`ord`: sorted by bytes, as every writer
-/// sorts them), never the collation's, which in a database whose collation is not `C` would
-/// lock them in another order than the other nodes' flushes and could deadlock with them.
-const UPSERT_CHECKED: &str = "
-    WITH input AS (
-        SELECT i.ord, i.key, i.delta,
-               c.value IS NULL
-               OR c.value::numeric + i.delta BETWEEN -9223372036854775808 AND 9223372036854775807
-               AS fits
-        FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS i(key, delta, ord)
-        LEFT JOIN counters c ON c.key = i.key
-    ), applied AS (
-        INSERT INTO counters AS c (key, value, updated_at)
-        SELECT key, delta, now() FROM input WHERE fits ORDER BY ord
-        ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
-    )
-    SELECT key, delta FROM input WHERE NOT fits";
+/// Rows are written in byte order, whatever the collation (`upsert_fitting!`).
+const UPSERT_CHECKED: &str = concat!(
+    upsert_fitting!(),
+    ")
+    SELECT key, delta FROM input WHERE NOT fits"
+);
 
 /// What became of a flush batch.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -13,6 +13,31 @@
 //! TCP user timeout let the kernel find dead peers of idle connections and of unacknowledged
 //! writes (which is all that bounds a migration: one may rightly take long).
 
+/// The start of the checked upserts (a flush batch's, `counters.rs`, and a sync group's,
+/// `sync_group.rs`): the keys of `$1` with their deltas of `$2`, each marked with whether its
+/// total stays in the signed 64-bit range, and the upsert of those that fit. Rows are written
+/// in the order the keys were given (`ord`: sorted by bytes, as every writer sorts them),
+/// never the collation's, which in a database whose collation is not `C` would lock them in
+/// another order than other writers and could deadlock with them. One text for both, so the
+/// two cannot drift apart. A macro, because `concat!` takes only literals.
+macro_rules! upsert_fitting {
+    () => {
+        "
+    WITH input AS (
+        SELECT i.ord, i.key, i.delta,
+               c.value IS NULL
+               OR c.value::numeric + i.delta BETWEEN -9223372036854775808 AND 9223372036854775807
+               AS fits
+        FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS i(key, delta, ord)
+        LEFT JOIN counters c ON c.key = i.key
+    ), fitting AS (
+        INSERT INTO counters AS c (key, value, updated_at)
+        SELECT key, delta, now() FROM input WHERE fits ORDER BY ord
+        ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
+        "
+    };
+}
+
 mod access;
 mod claim;
 mod counters;

@@ -26,20 +26,13 @@ const GROUP_UPSERT: &str = "
 /// reads each row once more, so it is only used for a group that the plain statement refused.
 /// The rows are read before they are locked, so a total raised meanwhile by another
 /// transaction can still make it fail as a whole; the caller then writes the group one by
-/// one. Rows are written in the order the keys were given (`ord`), never the collation's.
-const GROUP_UPSERT_CHECKED: &str = "
-    WITH input AS (
-        SELECT i.ord, i.key, i.delta,
-               c.value IS NULL
-               OR c.value::numeric + i.delta BETWEEN -9223372036854775808 AND 9223372036854775807
-               AS fits
-        FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS i(key, delta, ord)
-        LEFT JOIN counters c ON c.key = i.key
+/// one. Rows are written in byte order, whatever the collation (`upsert_fitting!`).
+const GROUP_UPSERT_CHECKED: &str = concat!(
+    upsert_fitting!(),
+    "RETURNING c.key, c.value
     )
-    INSERT INTO counters AS c (key, value, updated_at)
-    SELECT key, delta, now() FROM input WHERE fits ORDER BY ord
-    ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, updated_at = EXCLUDED.updated_at
-    RETURNING c.key, c.value";
+    SELECT key, value FROM fitting"
+);
 
 impl Storage {
     /// Adds each key's delta in one statement (one transaction) and returns each key's new
