@@ -141,6 +141,9 @@ impl PendingDeltas {
         // than enough).
         let mut stored = vec![0usize; guards.len()];
         for ((key, _), &(_, shard)) in items.iter().zip(&located) {
+            if !KeyMap::is_storable(key) {
+                return Err((None, AddError::Full));
+            }
             stored[guard_of(shard)] += KeyMap::stored_len(key);
         }
         if guards
@@ -567,6 +570,20 @@ mod tests {
             Ok(vec![b(1); 3])
         );
         assert_eq!(small.get("b"), Some((2, b(1))));
+    }
+
+    /// A key the arena cannot store is refused, and the request with it whole: nothing of it
+    /// is added, where the check used to pass it and the apply found no room.
+    #[test]
+    fn a_key_too_long_to_store_is_refused_whole() {
+        let p = PendingDeltas::new(b(1), 100);
+        let too_long = "k".repeat(1 << 16);
+        assert_eq!(p.add(&too_long, 1), Err(AddError::Full));
+        assert_eq!(
+            p.add_all(&[("a", 1), (&too_long, 1)]),
+            Err((None, AddError::Full))
+        );
+        assert_eq!((p.keys(), p.get("a")), (0, None));
     }
 
     /// Many threads add while another keeps cutting: every increment lands in exactly one

@@ -146,6 +146,11 @@ impl KeyMap {
         self.key_bytes
     }
 
+    /// Whether the arena can store `key` at all: its length and itself fit one chunk.
+    pub fn is_storable(key: &str) -> bool {
+        key.len() <= MAX_KEY
+    }
+
     /// Bytes `key` takes in the arena: its length, then itself.
     pub fn stored_len(key: &str) -> usize {
         LEN_BYTES + key.len()
